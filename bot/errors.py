@@ -1,0 +1,49 @@
+"""Exceptions raised by ``bot``.
+
+Tree::
+
+    BotError                    base of everything raised here
+    ├── ConfigError             a setting is invalid (names the field and the value)
+    ├── IllegalTransitionError  a job state change the state machine forbids
+    ├── JobNotFoundError        no job with that id
+    └── UserFacingError         carries the only text a user sees
+        ├── QueueFullError      the guild's queue or the user's cap is full
+        └── InvalidRequestError an option of a request is out of range
+"""
+
+from __future__ import annotations
+
+
+class BotError(Exception):
+    """Base class for errors raised by the ``bot`` package."""
+
+
+class ConfigError(BotError, ValueError):
+    """A configuration value is invalid."""
+
+
+class IllegalTransitionError(BotError):
+    """The job state machine forbids this change."""
+
+
+class JobNotFoundError(BotError, KeyError):
+    """No job has this id."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class UserFacingError(BotError):
+    """An error whose message is safe and meant to be shown to the user as is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class QueueFullError(UserFacingError):
+    """A per-user or per-guild queue cap is reached."""
+
+
+class InvalidRequestError(UserFacingError, ValueError):
+    """A request option is invalid; the message names the option and the value."""

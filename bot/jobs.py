@@ -1,0 +1,208 @@
+"""Jobs: the request a user made, its state, and the state machine that governs it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from bot.errors import IllegalTransitionError, InvalidRequestError
+from models.types import MAX_SEED, GenerationRequest
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. Every change is stored with a timestamp."""
+
+    QUEUED = "queued"  # accepted and persisted; waiting for the scheduler
+    RUNNING = "running"  # handed to a worker
+    DONE = "done"  # at least one image allowed, none held; ready to post
+    FLAGGED = "flagged"  # held for moderators; never posted unreviewed
+    BLOCKED = "blocked"  # every image blocked by the safety policy
+    FAILED = "failed"  # generation or storage failed; error says why
+    CANCELLED = "cancelled"  # cancelled by the requester or a moderator
+    APPROVED = "approved"  # a moderator released a flagged job
+    REJECTED = "rejected"  # a moderator rejected a flagged job
+
+    @property
+    def finished(self) -> bool:
+        """True once generation is over (whatever came of it); moderation may still follow."""
+        return self not in ACTIVE_STATES
+
+
+_ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    # RUNNING -> QUEUED only when a crash or restart hands the job back to the scheduler.
+    JobState.RUNNING: frozenset(
+        {
+            JobState.DONE,
+            JobState.FLAGGED,
+            JobState.BLOCKED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.QUEUED,
+        }
+    ),
+    JobState.FLAGGED: frozenset({JobState.APPROVED, JobState.REJECTED}),
+    JobState.DONE: frozenset(),
+    JobState.BLOCKED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.APPROVED: frozenset(),
+    JobState.REJECTED: frozenset(),
+}
+
+ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
+
+
+def check_transition(job_id: str, current: JobState, target: JobState) -> None:
+    """Raise :class:`IllegalTransitionError` unless ``current -> target`` is allowed."""
+    if target not in _ALLOWED[current]:
+        raise IllegalTransitionError(f"job {job_id}: cannot go from {current} to {target}")
+
+
+# Request limits. The Discord front end exposes the same ranges as typed options.
+MAX_PROMPT_CHARS = 1000
+MAX_IMAGES = 4
+MIN_SIDE, MAX_SIDE = 64, 2048
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+
+
+def new_job_id() -> str:
+    """A short, URL-safe, sortable-enough id (time prefix + randomness)."""
+    return f"{int(time.time() * 1000):x}{secrets.token_hex(4)}"
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a user asked for, validated. Build it with :meth:`create`."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    width: int
+    height: int
+    count: int
+    guidance: float
+    model: str
+    guild_id: str
+    user_id: str
+    channel_id: str | None = None
+    parent_job_id: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        prompt: str,
+        *,
+        model: str,
+        negative_prompt: str = "",
+        seed: int | None = None,
+        steps: int,
+        width: int,
+        height: int,
+        count: int = 1,
+        guidance: float,
+        guild_id: str = "local",
+        user_id: str = "local",
+        channel_id: str | None = None,
+        parent_job_id: str | None = None,
+    ) -> JobRequest:
+        """Validate every option; raise :class:`InvalidRequestError` naming the bad one."""
+        prompt = prompt.strip()
+        if not prompt:
+            raise InvalidRequestError("prompt: must not be empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidRequestError(f"prompt: {len(prompt)} characters, at most {MAX_PROMPT_CHARS}")
+        if len(negative_prompt) > MAX_PROMPT_CHARS:
+            raise InvalidRequestError(f"negative: {len(negative_prompt)} characters, at most {MAX_PROMPT_CHARS}")
+        if seed is None:
+            seed = random_seed()
+        if not 0 <= seed <= MAX_SEED - (count - 1 if 1 <= count <= MAX_IMAGES else 0):
+            raise InvalidRequestError(f"seed: {seed} is outside 0..{MAX_SEED - MAX_IMAGES + 1}")
+        if not 1 <= steps <= MAX_STEPS:
+            raise InvalidRequestError(f"steps: {steps} is outside 1..{MAX_STEPS}")
+        for name, side in (("width", width), ("height", height)):
+            if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
+                raise InvalidRequestError(f"size: {name} {side} must be a multiple of 8 in {MIN_SIDE}..{MAX_SIDE}")
+        if not 1 <= count <= MAX_IMAGES:
+            raise InvalidRequestError(f"count: {count} is outside 1..{MAX_IMAGES}")
+        if not 0.0 <= guidance <= MAX_GUIDANCE:
+            raise InvalidRequestError(f"guidance: {guidance} is outside 0..{MAX_GUIDANCE}")
+        if not model:
+            raise InvalidRequestError("model: must not be empty")
+        return cls(
+            prompt=prompt,
+            negative_prompt=negative_prompt.strip(),
+            seed=seed,
+            steps=steps,
+            width=width,
+            height=height,
+            count=count,
+            guidance=float(guidance),
+            model=model,
+            guild_id=guild_id,
+            user_id=user_id,
+            channel_id=channel_id,
+            parent_job_id=parent_job_id,
+        )
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """Image ``i`` uses ``seed + i``: rerunning one image needs only its own seed."""
+        return tuple(self.seed + i for i in range(self.count))
+
+    @property
+    def cost(self) -> int:
+        """Scheduling cost: steps x pixels x images (in units of 64x64 pixels)."""
+        return self.steps * (self.width // 64) * (self.height // 64) * self.count
+
+
+@dataclass(frozen=True)
+class Job:
+    """A persisted request with its state. Immutable: transitions return a new value."""
+
+    id: str
+    request: JobRequest
+    state: JobState = JobState.QUEUED
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    grid_path: str | None = None
+
+    @classmethod
+    def new(cls, request: JobRequest) -> Job:
+        now = time.time()
+        return cls(id=new_job_id(), request=request, created_at=now, updated_at=now)
+
+    def moved_to(self, target: JobState, *, at: float, error: str | None = None) -> Job:
+        """Return this job in ``target`` state, or raise if the change is illegal."""
+        check_transition(self.id, self.state, target)
+        started = at if target is JobState.RUNNING else self.started_at
+        finished = at if target.finished else self.finished_at
+        return replace(self, state=target, updated_at=at, started_at=started, finished_at=finished, error=error)
+
+    def generation_request(self, *, strictness: str = "standard", allow_suggestive: bool = False) -> GenerationRequest:
+        r = self.request
+        return GenerationRequest(
+            job_id=self.id,
+            prompt=r.prompt,
+            negative_prompt=r.negative_prompt,
+            seeds=r.seeds,
+            width=r.width,
+            height=r.height,
+            steps=r.steps,
+            guidance=r.guidance,
+            model=r.model,
+            guild_id=r.guild_id,
+            strictness=strictness,
+            allow_suggestive=allow_suggestive,
+        )
