@@ -6,6 +6,7 @@ Tree::
     ├── ConfigError             a setting is invalid (names the field and the value)
     ├── IllegalTransitionError  a job state change the state machine forbids
     ├── JobNotFoundError        no job with that id
+    ├── StorageError            the database cannot be used (e.g. its schema is newer than this code)
     └── UserFacingError         carries the only text a user sees
         ├── QueueFullError      the guild's queue or the user's cap is full
         └── InvalidRequestError an option of a request is out of range
@@ -31,6 +32,10 @@ class JobNotFoundError(BotError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
         return str(self.args[0]) if self.args else "job not found"
+
+
+class StorageError(BotError):
+    """The database cannot be opened or used as asked; the message says why."""
 
 
 class UserFacingError(BotError):

@@ -1,0 +1,46 @@
+# One entry point for humans and CI. `make demo` runs the main job; `make test` runs everything CI runs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch comes from this machine's disk as a CPU build; an unpinned torch would pull GBs of CUDA wheels.
+TORCH  ?= torch==2.13.0
+PROMPT ?= a lighthouse at dusk
+
+.PHONY: install demo test lint typecheck unit slow bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	# open_clip_torch ships the CLIP BPE vocabulary we write our tokenizer from; --no-deps keeps
+	# its torchvision requirement from replacing the CPU torch above.
+	$(BIN)/pip install --quiet --no-deps "open_clip_torch>=2.24"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed  ## create .venv with everything (idempotent)
+
+demo: install  ## the main job, offline on the embedded default model
+	$(BIN)/imaginebot generate "$(PROMPT)" --count 4 --seed 7 --out out
+
+lint: install
+	$(BIN)/ruff format --check bot safety models tests bench
+	$(BIN)/ruff check bot safety models tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q
+
+test: lint typecheck unit  ## everything CI runs
+
+slow: install
+	$(BIN)/pytest -q -m slow
+
+bench: install
+	$(BIN)/python bench/bench_scheduler.py
+	$(BIN)/python bench/bench_demo.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache out

@@ -1,0 +1,90 @@
+"""Composition root: wires settings, storage, the worker, the safety policy and provenance together.
+
+This is the one place where ``bot``, ``safety`` and ``models`` meet; every entry point (the CLI
+today, the Discord runner later) opens the service through :func:`open_service`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bot.config import Settings
+from bot.jobs import MAX_IMAGES, JobRequest
+from bot.outputs import ImageStore
+from bot.service import ImagineService
+from bot.storage import Storage
+from models import catalog
+from models.types import Generator
+from models.worker import Worker
+from safety.integrity import IntegrityStage
+from safety.policy import Policy
+from safety.provenance import MetadataSigner
+
+logger = logging.getLogger(__name__)
+
+
+def quiet_model_libraries(*, offline: bool) -> None:
+    """Keep diffusers/transformers to errors only and without progress bars; our logs say what matters.
+
+    Must run before they are imported: some of their warnings are emitted at import time.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # never even try the hub when told to stay offline
+
+
+def load_generator(settings: Settings, model: str) -> Generator:
+    """Load a model by name (built-in, hub id or local directory). Runs on the worker thread."""
+    quiet_model_libraries(offline=settings.offline)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from models.diffusers_backend import DiffusersGenerator  # torch + diffusers: import lazily
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    source = catalog.resolve(model, settings.models_dir)
+    device = None if settings.device == "auto" else settings.device
+    return DiffusersGenerator.from_pretrained(source, device=device, local_files_only=settings.offline)
+
+
+def build_policy(settings: Settings) -> Policy:
+    """The safety stages this process runs on every image."""
+    return Policy([IntegrityStage()])
+
+
+def default_quantum(settings: Settings) -> int:
+    """The cost of one default 4-image job of the default model: one such job per guild per turn."""
+    if settings.scheduler_quantum:
+        return settings.scheduler_quantum
+    p = catalog.preset_for(settings.model)
+    request = JobRequest.create(
+        "x", model=settings.model, seed=0, steps=p.steps, width=p.width, height=p.height, guidance=p.guidance,
+        count=MAX_IMAGES,
+    )  # fmt: skip
+    return request.cost
+
+
+@asynccontextmanager
+async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
+    """Open storage, start the worker and the service (resuming unfinished jobs); close all on exit."""
+    storage = await Storage.open(settings.db_path)
+    try:
+        signer = MetadataSigner.from_key_file(settings.keys_dir / "provenance.key")
+        worker = Worker(lambda model: load_generator(settings, model), build_policy(settings), signer)
+        async with worker:
+            store = ImageStore(settings.images_dir)
+            service = ImagineService(settings, storage, worker, store, quantum=default_quantum(settings))
+            try:
+                await service.start()  # every process with a worker first resumes unfinished jobs
+                yield service
+            finally:
+                await service.aclose()
+    finally:
+        await storage.aclose()

@@ -1,0 +1,210 @@
+"""The ``imaginebot`` command line: generate, list jobs, resume after a crash.
+
+Every command that starts a worker first finishes the jobs a crash left ``queued`` or ``running``.
+Bad arguments exit with status 2 and one line naming the option and the bad value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bot import __version__
+from bot.app import open_service
+from bot.config import Settings
+from bot.errors import BotError, InvalidRequestError, UserFacingError
+from bot.jobs import Job, JobRequest, JobState
+from bot.progress import ProgressDisplay
+from bot.report import job_record, render_job
+from bot.service import ImagineService
+from bot.storage import Storage
+from models import catalog
+from models.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad command-line input; exits 2 with the message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump, never a traceback
+        raise UsageError(message)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use WIDTHxHEIGHT, e.g. 512x512")
+    return int(parts[0]), int(parts[1])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="imaginebot", description="Self-hosted /imagine bot: generate images safely.")
+    parser.add_argument("--version", action="version", version=f"imaginebot {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML settings file (default: $IMAGINEBOT_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = commands.add_parser("generate", help="generate images from a prompt (or one job per line of a file)")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("prompt", nargs="?", help="what to draw")
+    source.add_argument("--prompts", type=Path, metavar="FILE", help="queue one job per non-empty line")
+    gen.add_argument("--negative", default="", help="what to avoid")
+    gen.add_argument("--seed", type=int, help="seed of the first image (image i uses seed+i); random if omitted")
+    gen.add_argument("--steps", type=int, help="denoising steps (default: the model's preset)")
+    gen.add_argument("--size", type=parse_size, metavar="WxH", help="image size (default: the model's preset)")
+    gen.add_argument("--count", type=int, default=4, help="images per job, 1-4 (default 4)")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's preset)")
+    gen.add_argument("--model", help="model id, local directory or builtin:tiny (default: $IMAGINEBOT_MODEL)")
+    gen.add_argument("--out", type=Path, metavar="DIR", help="also copy the images and grid into DIR")
+    gen.add_argument("--guild", default="local", help="guild id to queue under (default: local)")
+    gen.add_argument("--json", action="store_true", help="print JSON instead of a report")
+
+    jobs = commands.add_parser("jobs", help="list recent jobs")
+    jobs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    jobs.add_argument("--state", choices=[s.value for s in JobState], help="only jobs in this state")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+
+    resume = commands.add_parser("resume", help="finish the jobs a crash left queued or running")
+    resume.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def build_requests(args: argparse.Namespace, settings: Settings) -> list[JobRequest]:
+    """Turn generate's options into validated requests (raises UserFacingError naming the option)."""
+    model = args.model or settings.model
+    preset = catalog.preset_for(model)
+    width, height = args.size or (preset.width, preset.height)
+    if args.prompts is not None:
+        try:
+            prompts = [line.strip() for line in args.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--prompts: cannot read {str(args.prompts)!r}: {exc}") from None
+        if not prompts:
+            raise UsageError(f"--prompts: {str(args.prompts)!r} has no prompts")
+    else:
+        prompts = [args.prompt]
+    return [
+        JobRequest.create(
+            prompt,
+            model=model,
+            negative_prompt=args.negative,
+            seed=args.seed,
+            steps=args.steps if args.steps is not None else preset.steps,
+            width=width,
+            height=height,
+            count=args.count,
+            guidance=args.guidance if args.guidance is not None else preset.guidance,
+            guild_id=args.guild,
+            user_id="cli",
+        )
+        for prompt in prompts
+    ]
+
+
+async def _finish(service: ImagineService, jobs: Sequence[Job]) -> list[Job]:
+    with ProgressDisplay(service, [j.id for j in jobs]):
+        return list(await asyncio.gather(*(service.wait(j.id) for j in jobs)))
+
+
+OPTION_OF_FIELD = {"negative": "--negative", "seed": "--seed", "steps": "--steps", "size": "--size",
+                   "count": "--count", "guidance": "--guidance", "model": "--model"}  # fmt: skip
+
+
+async def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        requests = build_requests(args, settings)
+    except InvalidRequestError as exc:
+        field, _, rest = exc.message.partition(":")
+        raise UsageError(f"{OPTION_OF_FIELD.get(field, field)}:{rest}") from None
+    async with open_service(settings) as service:
+        resumed = list(service.resumed)
+        try:
+            await service.preload(requests[0].model)
+        except ModelError as exc:
+            raise UsageError(f"--model: {exc}") from None
+        submitted = [await service.submit(r, enforce_caps=False) for r in requests]
+        finished = await _finish(service, resumed + submitted)
+        return await _report(service, finished[len(resumed) :], args)
+
+
+async def _resume(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_service(settings) as service:
+        finished = await _finish(service, service.resumed)
+        if not args.json:
+            print(f"resumed {len(finished)} job(s)")
+        return await _report(service, finished, args)
+
+
+async def _report(service: ImagineService, jobs: Sequence[Job], args: argparse.Namespace) -> int:
+    records = [await job_record(service.storage, job, service.timings.get(job.id)) for job in jobs]
+    if getattr(args, "out", None):
+        for record in records:
+            _copy_out(record, args.out)
+    if args.json:
+        single = getattr(args, "prompt", None) is not None and len(records) == 1
+        print(json.dumps(records[0] if single else records, indent=2))
+    else:
+        for record in records:
+            print(render_job(record))
+    return 1 if any(j.state is JobState.FAILED for j in jobs) else 0
+
+
+def _copy_out(record: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for output in record["outputs"]:
+        if output["path"]:
+            target = out / f"{record['job_id']}-{output['index']}.png"
+            shutil.copyfile(output["path"], target)
+            output["path"] = str(target)
+    if record["grid"]:
+        target = out / f"{record['job_id']}-grid.png"
+        shutil.copyfile(record["grid"], target)
+        record["grid"] = str(target)
+
+
+async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    if args.limit < 1:
+        raise UsageError(f"--limit: {args.limit} must be at least 1")
+    async with await Storage.open(settings.db_path) as storage:
+        states = {JobState(args.state)} if args.state else None
+        jobs = await storage.list_jobs(limit=args.limit, states=states)
+        records = [await job_record(storage, job, None) for job in jobs]
+    if args.json:
+        print(json.dumps(records, indent=2))
+    elif not records:
+        print("no jobs yet")
+    else:
+        for record in records:
+            print(render_job(record, brief=True))
+    return 0
+
+
+COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``imaginebot`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        settings = Settings.load(config_file=args.config)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return asyncio.run(COMMANDS[args.command](args, settings))
+    except (UsageError, UserFacingError, BotError) as exc:
+        print(f"imaginebot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imaginebot: interrupted; accepted jobs are kept: run `imaginebot resume`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Settings: one typed, frozen object built at the entry point and passed down.
+
+Sources, later ones winning: built-in defaults, a TOML file (``IMAGINEBOT_CONFIG`` or ``--config``),
+then environment variables ``IMAGINEBOT_<FIELD>`` (``DISCORD_TOKEN`` is accepted for the token).
+Every field is listed in :data:`FIELDS` with its parser and documentation; the README and
+``deploy/imaginebot.env.example`` document the same fields (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+
+ENV_PREFIX = "IMAGINEBOT_"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _parse_int(low: int, high: int) -> Callable[[str, object], int]:
+    def parse(name: str, raw: object) -> int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{name}: {raw!r} is not an integer")
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{name}: {raw!r} is not an integer") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: {value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def _parse_str(name: str, raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{name}: {raw!r} must be a non-empty string")
+    return raw.strip()
+
+
+def _parse_path(name: str, raw: object) -> Path:
+    return Path(_parse_str(name, raw)).expanduser()
+
+
+def _parse_choice(*choices: str) -> Callable[[str, object], str]:
+    def parse(name: str, raw: object) -> str:
+        value = _parse_str(name, raw).lower()
+        if value not in choices:
+            raise ConfigError(f"{name}: {raw!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _parse_bool(name: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}: {raw!r} is not a boolean (true/false)")
+
+
+def _parse_secret(name: str, raw: object) -> Secret | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise ConfigError(f"{name}: must be a string")
+    return Secret(raw.strip())
+
+
+def _parse_optional_str(name: str, raw: object) -> str | None:
+    return None if raw is None or raw == "" else _parse_str(name, raw)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one setting is parsed and documented."""
+
+    parse: Callable[[str, object], Any]
+    doc: str
+
+
+FIELDS: dict[str, FieldSpec] = {
+    "data_dir": FieldSpec(_parse_path, "Directory for the SQLite database, images, keys and model cache."),
+    "model": FieldSpec(
+        _parse_str,
+        "Default model: a diffusers model id (e.g. stabilityai/sd-turbo), a local directory, or builtin:tiny.",
+    ),
+    "offline": FieldSpec(_parse_bool, "Load models from local files only (no model hub downloads)."),
+    "device": FieldSpec(_parse_choice("auto", "cpu", "cuda", "mps"), "Torch device for generation."),
+    "max_batch_images": FieldSpec(_parse_int(1, 64), "Most images one pipeline call generates (jobs are batched)."),
+    "per_user_cap": FieldSpec(_parse_int(1, 1000), "Most queued + running jobs per user (Discord users)."),
+    "per_guild_queue_cap": FieldSpec(_parse_int(1, 100_000), "Most queued jobs per server."),
+    "scheduler_quantum": FieldSpec(
+        _parse_int(0, 10**9), "Cost a server may spend per scheduler turn; 0 = the cost of one default 4-image job."
+    ),
+    "strictness": FieldSpec(
+        _parse_choice("relaxed", "standard", "strict"), "Default safety strictness for every server."
+    ),
+    "log_level": FieldSpec(_parse_choice("debug", "info", "warning", "error"), "Logging level of the process."),
+    "discord_token": FieldSpec(
+        _parse_secret, "Discord bot token (also read from DISCORD_TOKEN). Never printed or logged."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of one imaginebot process. Build it with :meth:`load`."""
+
+    data_dir: Path = Path("data")
+    model: str = "builtin:tiny"
+    offline: bool = True
+    device: str = "auto"
+    max_batch_images: int = 4
+    per_user_cap: int = 3
+    per_guild_queue_cap: int = 50
+    scheduler_quantum: int = 0
+    strictness: str = "standard"
+    log_level: str = "warning"
+    discord_token: Secret | None = None
+
+    @classmethod
+    def load(cls, *, env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
+        """Build settings from defaults, an optional TOML file, then the environment.
+
+        Raises:
+            ConfigError: a value is invalid or unknown; the message names the field and the value.
+        """
+        env = os.environ if env is None else env
+        raw: dict[str, object] = {}
+        file = config_file or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+        if file is not None:
+            raw.update(_read_toml(file))
+        if env.get("DISCORD_TOKEN"):
+            raw["discord_token"] = env["DISCORD_TOKEN"]
+        for name in FIELDS:
+            key = ENV_PREFIX + name.upper()
+            if key in env:
+                raw[name] = env[key]
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, object]) -> Settings:
+        """Validate a mapping of field names to raw values (strings or TOML values)."""
+        unknown = sorted(set(raw) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r} (known: {', '.join(FIELDS)})")
+        values = {name: spec.parse(_label(name), raw[name]) for name, spec in FIELDS.items() if name in raw}
+        return cls(**values)
+
+    def describe(self) -> dict[str, str]:
+        """Every setting as printable text; secrets stay masked."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "imaginebot.sqlite3"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+
+def default_of(name: str) -> object:
+    """The built-in default of one setting (for documentation)."""
+    return next(f.default for f in fields(Settings) if f.name == name)
+
+
+def _label(name: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()} ({name})"
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    # Accept both a flat file and one with an [imaginebot] table.
+    section = data.get("imaginebot", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {str(path)!r}: [imaginebot] must be a table")
+    return dict(section)

@@ -1,0 +1,140 @@
+"""The database schema, as an ordered list of migration scripts.
+
+``MIGRATIONS[n - 1]`` takes a database from schema version ``n - 1`` to ``n``; the version is kept in
+``PRAGMA user_version`` (0 for a new file). A migration, once released, is never edited: change the
+schema by appending a new script. :class:`bot.storage.Storage` runs each pending script in its own
+transaction, together with the ``user_version`` bump, so a crash leaves the database at a version
+boundary and never half-migrated.
+
+Tables are ``STRICT`` (SQLite >= 3.37): a value of the wrong type is an error, not silently kept.
+Times are unix seconds (``REAL``); JSON columns hold ``json.dumps(..., sort_keys=True)`` text.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+_V1 = """
+CREATE TABLE jobs (
+    id              TEXT PRIMARY KEY NOT NULL,
+    guild_id        TEXT NOT NULL,
+    channel_id      TEXT,
+    user_id         TEXT NOT NULL,
+    prompt          TEXT NOT NULL,
+    negative_prompt TEXT NOT NULL,
+    seed            INTEGER NOT NULL,
+    steps           INTEGER NOT NULL,
+    width           INTEGER NOT NULL,
+    height          INTEGER NOT NULL,
+    count           INTEGER NOT NULL,
+    guidance        REAL NOT NULL,
+    model           TEXT NOT NULL,
+    parent_job_id   TEXT REFERENCES jobs (id) ON DELETE SET NULL,
+    state           TEXT NOT NULL,
+    error           TEXT,
+    grid_path       TEXT,
+    grid_sha256     TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    started_at      REAL,
+    finished_at     REAL
+) STRICT;
+CREATE INDEX jobs_state ON jobs (state);
+CREATE INDEX jobs_guild_created ON jobs (guild_id, created_at);
+CREATE INDEX jobs_user_created ON jobs (user_id, created_at);
+-- Every foreign key gets an index, or deleting a parent row scans the child table.
+CREATE INDEX jobs_parent ON jobs (parent_job_id);
+
+-- One row per state change; the creation of a job is the row whose from_state is NULL.
+CREATE TABLE job_events (
+    id         INTEGER PRIMARY KEY,
+    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    from_state TEXT,
+    to_state   TEXT NOT NULL,
+    at         REAL NOT NULL,
+    detail     TEXT
+) STRICT;
+CREATE INDEX job_events_job ON job_events (job_id, id);
+
+-- Images that were allowed or flagged and therefore stored (a blocked image is never stored).
+CREATE TABLE outputs (
+    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx        INTEGER NOT NULL CHECK (idx >= 0),
+    path       TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    width      INTEGER NOT NULL,
+    height     INTEGER NOT NULL,
+    seed       INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) STRICT;
+
+-- One verdict per generated image, blocked ones included: the audit trail keeps every score.
+CREATE TABLE verdicts (
+    job_id         TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx            INTEGER NOT NULL CHECK (idx >= 0),
+    stage          TEXT NOT NULL,
+    decision       TEXT NOT NULL,
+    category       TEXT,
+    reason         TEXT NOT NULL,
+    scores         TEXT NOT NULL CHECK (json_valid(scores)),
+    model_versions TEXT NOT NULL CHECK (json_valid(model_versions)),
+    created_at     REAL NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) STRICT;
+
+CREATE TABLE guild_settings (
+    guild_id   TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL CHECK (json_valid(value)),
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (guild_id, key)
+) STRICT;
+
+CREATE TABLE audit_log (
+    id       INTEGER PRIMARY KEY,
+    at       REAL NOT NULL,
+    guild_id TEXT,
+    actor_id TEXT,
+    action   TEXT NOT NULL,
+    target   TEXT,
+    detail   TEXT NOT NULL CHECK (json_valid(detail))
+) STRICT;
+CREATE INDEX audit_log_guild ON audit_log (guild_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1,)
+"""Migration scripts in order; the schema version of a fully migrated database is ``len(MIGRATIONS)``."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def statements(script: str) -> list[str]:
+    """Split a migration script into single SQL statements.
+
+    ``executescript`` would do this for us, but it commits any open transaction first, which would
+    break running a migration and its version bump as one transaction. ``sqlite3.complete_statement``
+    knows SQL's quoting and ``CREATE TRIGGER ... END`` bodies, so a ``;`` inside those never splits.
+
+    Raises:
+        ValueError: the script ends with an incomplete statement.
+    """
+    result: list[str] = []
+    *pieces, tail = script.split(";")
+    pending = ""
+    for piece in pieces:
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if _has_code(pending):
+                result.append(pending.strip())
+            pending = ""
+    leftover = pending + tail
+    if _has_code(leftover):
+        raise ValueError(f"migration script ends with an incomplete statement: {leftover.strip()[:80]!r}")
+    return result
+
+
+def _has_code(text: str) -> bool:
+    """True unless ``text`` is only whitespace, ``;`` and ``--`` comments."""
+    lines = (line.split("--", 1)[0] for line in text.splitlines())
+    return any(line.strip().strip(";").strip() for line in lines)

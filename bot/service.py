@@ -1,0 +1,339 @@
+"""The service core: accepts jobs, persists them, schedules them fairly, runs them, records results.
+
+The path of a request: :meth:`ImagineService.submit` validates caps, stores the job as ``queued``
+(nothing accepted is ever lost), and hands it to the fair scheduler. One dispatcher task pops
+batches of compatible jobs in fair order, marks them ``running``, awaits the worker (generate →
+safety → mark on the worker thread), writes the images, stores outputs and verdicts, and moves
+each job to its final state. On start, jobs a crash left ``queued`` or ``running`` are resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bot.config import Settings
+from bot.errors import IllegalTransitionError, QueueFullError
+from bot.jobs import ACTIVE_STATES, Job, JobRequest, JobState
+from bot.outputs import ImageStore, make_grid
+from bot.scheduler import FairScheduler, QueuedJob
+from bot.storage import OutputRecord, Storage, VerdictRecord
+from bot.throughput import ThroughputMeter
+from models.types import StepProgress
+from models.worker import JobOutcome, OutcomeKind, Worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """Something happened to a job: a state change, or a denoising step (``step``/``total``)."""
+
+    job_id: str
+    state: JobState
+    step: int | None = None
+    total: int | None = None
+
+
+Listener = Callable[[JobUpdate], None]
+
+
+def final_state(decisions: Sequence[str]) -> JobState:
+    """A job with any flagged image is held whole; otherwise done if anything is allowed."""
+    if "flag" in decisions:
+        return JobState.FLAGGED
+    if "allow" in decisions:
+        return JobState.DONE
+    return JobState.BLOCKED
+
+
+def to_queued(job: Job) -> QueuedJob:
+    r = job.request
+    key = (r.model, r.width, r.height, r.steps, r.guidance)
+    return QueuedJob(job.id, r.guild_id, r.user_id, r.cost, r.count, key, job.created_at)
+
+
+class ImagineService:
+    """Owns the scheduler and the dispatcher; the storage and worker are given to it.
+
+    Args:
+        settings: the process settings.
+        storage: an open :class:`Storage`.
+        worker: a started :class:`Worker`.
+        store: where output images are written.
+        quantum: scheduler cost per turn (see :mod:`bot.scheduler`).
+    """
+
+    def __init__(
+        self, settings: Settings, storage: Storage, worker: Worker, store: ImageStore, *, quantum: int
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self._worker = worker
+        self._store = store
+        self._scheduler = FairScheduler(
+            quantum=quantum, per_user_cap=settings.per_user_cap, per_guild_cap=settings.per_guild_queue_cap
+        )
+        self._meter = ThroughputMeter()
+        self._wakeup = asyncio.Event()
+        self._submit_lock = asyncio.Lock()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._waiters: dict[str, list[asyncio.Future[Job]]] = {}
+        self._listeners: list[Listener] = []
+        self._running: set[str] = set()
+        self.resumed: list[Job] = []  # what start() found unfinished
+        # Seconds per stage (load, generate, safety, mark, store) of each job run by this process.
+        self.timings: dict[str, dict[str, float]] = {}
+
+    # --- lifecycle ---
+
+    async def start(self) -> list[Job]:
+        """Resume what a crash left behind, then start dispatching. Returns the resumed jobs."""
+        resumed = self.resumed = await self.resume()
+        self._meter.seed(await self.storage.recent_runs())
+        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="imaginebot-dispatcher")
+        self._dispatcher.add_done_callback(_log_task_death)
+        return resumed
+
+    async def aclose(self) -> None:
+        """Stop dispatching. A batch in flight is abandoned here and resumed on the next start."""
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            self._dispatcher = None
+
+    async def resume(self) -> list[Job]:
+        """Put every ``queued`` or ``running`` job from storage back into the scheduler, oldest first."""
+        resumed = []
+        for job in await self.storage.jobs_in_states(ACTIVE_STATES):
+            if job.id in self._running or job.id in self._scheduler_ids():
+                continue
+            if job.state is JobState.RUNNING:
+                job = await self.storage.transition(job.id, JobState.QUEUED, detail="requeued after restart")
+            self._scheduler.restore(to_queued(job))
+            resumed.append(job)
+        if resumed:
+            logger.info("resumed %d jobs", len(resumed))
+            self._wakeup.set()
+        return resumed
+
+    def _scheduler_ids(self) -> set[str]:
+        return {q.job_id for q in self._scheduler.snapshot()}
+
+    # --- requests ---
+
+    async def submit(self, request: JobRequest, *, enforce_caps: bool = True) -> Job:
+        """Accept a request: check caps, persist it as ``queued``, schedule it.
+
+        Args:
+            request: a validated request.
+            enforce_caps: False for operators (the CLI), who are not rate-limited.
+
+        Raises:
+            QueueFullError: a per-user or per-guild cap is reached (a user-facing message).
+        """
+        async with self._submit_lock:  # check + insert + schedule as one step: caps cannot be raced
+            if enforce_caps:
+                self._check_caps(request)
+            job = Job.new(request)
+            await self.storage.insert_job(job)
+            self._scheduler.restore(to_queued(job))
+        self._emit(JobUpdate(job.id, job.state))
+        self._wakeup.set()
+        return job
+
+    def _check_caps(self, request: JobRequest) -> None:
+        s = self.settings
+        active = self._scheduler.active_for_user(request.user_id)
+        if active >= s.per_user_cap:
+            raise QueueFullError(
+                f"You already have {active} jobs queued or running (the limit is {s.per_user_cap}). "
+                "Wait for one to finish or cancel one."
+            )
+        if self._scheduler.queued_for_guild(request.guild_id) >= s.per_guild_queue_cap:
+            raise QueueFullError(
+                f"This server's queue is full ({s.per_guild_queue_cap} jobs). Try again in a few minutes."
+            )
+
+    async def preload(self, model: str) -> None:
+        """Load a model on the worker now, so a bad model fails before any job is accepted."""
+        await self._worker.preload(model)
+
+    async def cancel(self, job_id: str, *, actor_id: str | None = None) -> Job:
+        """Cancel a queued job now, or ask the worker to stop a running one.
+
+        Raises:
+            JobNotFoundError: no such job.
+            IllegalTransitionError: the job is already finished.
+        """
+        job = await self.storage.get_job(job_id)
+        if job.state is JobState.RUNNING or job_id in self._running:
+            self._worker.cancel(job_id)  # the dispatcher records the cancellation when the batch returns
+        elif job.state is JobState.QUEUED:
+            self._scheduler.remove(job_id)
+            job = await self.storage.transition(job_id, JobState.CANCELLED, detail=f"cancelled by {actor_id}")
+            self._finished(job)
+        else:
+            raise IllegalTransitionError(f"job {job_id} is already {job.state}")
+        await self.storage.audit("cancel", guild_id=job.request.guild_id, actor_id=actor_id, target=job_id)
+        return job
+
+    async def wait(self, job_id: str) -> Job:
+        """Return the job once it has finished (done, flagged, blocked, failed or cancelled)."""
+        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        job = await self.storage.get_job(job_id)
+        if job.state.finished:
+            self._resolve(job)
+        return await future
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` for every update (on the event loop); returns an unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def position(self, job_id: str) -> int | None:
+        """1-based place in the dispatch order, or None if the job is not queued."""
+        return self._scheduler.position(job_id)
+
+    def eta(self, job_id: str) -> float | None:
+        """Seconds until the job should be finished, from measured throughput; None before any data."""
+        ahead = self._scheduler.cost_ahead(job_id)
+        return None if ahead is None else self._meter.eta_seconds(ahead)
+
+    @property
+    def queued(self) -> int:
+        return len(self._scheduler)
+
+    # --- dispatch ---
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while batch := self._scheduler.pop_batch(self.settings.max_batch_images):
+                try:
+                    await self._run_batch(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # keep dispatching; the jobs stay recoverable in storage
+                    logger.exception("batch %s crashed", [q.job_id for q in batch])
+                finally:
+                    for queued in batch:
+                        self._scheduler.finish(queued.job_id)
+
+    async def _run_batch(self, batch: Sequence[QueuedJob]) -> None:
+        jobs = []
+        for queued in batch:
+            try:
+                job = await self.storage.transition(queued.job_id, JobState.RUNNING)
+            except IllegalTransitionError:  # cancelled between pop and start
+                continue
+            self._running.add(job.id)
+            self._emit(JobUpdate(job.id, job.state))
+            jobs.append(job)
+        if not jobs:
+            return
+        started = time.monotonic()
+        requests = [job.generation_request(strictness=await self._strictness(job)) for job in jobs]
+        try:
+            outcomes = await self._worker.run(requests, on_progress=self._on_progress)
+        except Exception as exc:
+            logger.exception("worker failed a batch")
+            outcomes = [JobOutcome(job.id, OutcomeKind.FAILED, error=f"{type(exc).__name__}: {exc}") for job in jobs]
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            try:
+                await self._record(job, outcome)
+            finally:
+                self._running.discard(job.id)
+        self._meter.record(sum(job.request.cost for job in jobs), time.monotonic() - started)
+
+    async def _strictness(self, job: Job) -> str:
+        value = await self.storage.get_guild_setting(job.request.guild_id, "strictness", self.settings.strictness)
+        return str(value)
+
+    def _on_progress(self, progress: StepProgress) -> None:
+        for job_id in progress.job_ids:
+            self._emit(JobUpdate(job_id, JobState.RUNNING, progress.step, progress.total))
+
+    async def _record(self, job: Job, outcome: JobOutcome) -> None:
+        self.timings[job.id] = dict(outcome.timings)
+        if outcome.kind is OutcomeKind.CANCELLED:
+            final = await self.storage.transition(job.id, JobState.CANCELLED, detail="cancelled while running")
+        elif outcome.kind is OutcomeKind.FAILED:
+            final = await self.storage.transition(job.id, JobState.FAILED, error=outcome.error)
+        else:
+            try:
+                final = await self._store_outputs(job, outcome)
+            except Exception as exc:
+                logger.exception("storing outputs of %s failed", job.id)
+                final = await self.storage.transition(job.id, JobState.FAILED, error=f"could not store images: {exc}")
+        self._finished(final)
+
+    async def _store_outputs(self, job: Job, outcome: JobOutcome) -> Job:
+        r = job.request
+        started = time.perf_counter()
+        images = [o.image for o in outcome.images]
+
+        def write_all() -> tuple[list[OutputRecord], tuple[str, str] | None]:
+            records = []
+            for o in outcome.images:
+                if o.image is not None:
+                    stored = self._store.write(o.image)
+                    records.append(
+                        OutputRecord(
+                            job.id, o.index, str(stored.path), stored.sha256, stored.width, stored.height, o.seed
+                        )
+                    )
+            if not records:
+                return records, None
+            grid = self._store.write(make_grid(images, r.width, r.height))
+            return records, (str(grid.path), grid.sha256)
+
+        # PNG encoding and hashing are CPU-heavy: never on the event loop.
+        outputs, grid = await asyncio.to_thread(write_all)
+        verdicts = [
+            VerdictRecord(
+                job.id,
+                o.index,
+                o.verdict.stage,
+                o.verdict.decision,
+                o.verdict.category,
+                o.verdict.reason,
+                dict(o.verdict.scores),
+                dict(o.verdict.model_versions),
+            )
+            for o in outcome.images
+        ]
+        await self.storage.save_outputs(job.id, outputs, verdicts, grid)
+        self.timings[job.id]["store"] = time.perf_counter() - started
+        state = final_state([o.verdict.decision for o in outcome.images])
+        return await self.storage.transition(job.id, state)
+
+    # --- notifications ---
+
+    def _finished(self, job: Job) -> None:
+        self._emit(JobUpdate(job.id, job.state))
+        self._resolve(job)
+
+    def _resolve(self, job: Job) -> None:
+        for future in self._waiters.pop(job.id, []):
+            if not future.done():
+                future.set_result(job)
+
+    def _emit(self, update: JobUpdate) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(update)
+            except Exception:  # a broken listener must not stop the service
+                logger.exception("job listener failed")
+
+
+def _log_task_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("dispatcher stopped", exc_info=task.exception())

@@ -1,0 +1,70 @@
+"""Which model a name means, and the defaults that suit it.
+
+``builtin:tiny`` is the embedded default: a tiny Stable Diffusion pipeline built in-process and
+saved as a normal diffusers directory under the cache dir, then loaded exactly like a real model.
+Anything else is a diffusers model id (``stabilityai/sd-turbo``) or a local directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.errors import ModelLoadError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = ("tiny",)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Defaults a request gets when it does not say otherwise."""
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
+
+
+# Checked in order; the first fragment found in the model id (lower-cased) wins.
+_PRESETS: tuple[tuple[str, ModelPreset], ...] = (
+    ("builtin:tiny", ModelPreset(256, 256, 4, 1.0)),
+    ("sdxl-turbo", ModelPreset(512, 512, 1, 0.0)),  # distilled: 1-4 steps, no CFG
+    ("sd-turbo", ModelPreset(512, 512, 1, 0.0)),
+    ("xl", ModelPreset(1024, 1024, 30, 7.0)),
+    ("", ModelPreset(512, 512, 25, 7.5)),  # SD 1.x / 2.x and anything unknown
+)
+
+_XL_PIPELINES = ("StableDiffusionXLPipeline",)
+
+
+def preset_for(model: str) -> ModelPreset:
+    """Sensible size, steps and guidance for a model id or local directory."""
+    name = model.lower()
+    index = Path(model) / "model_index.json"
+    if not name.startswith(BUILTIN_PREFIX) and index.is_file():
+        try:
+            class_name = json.loads(index.read_text()).get("_class_name", "")
+        except (OSError, ValueError):
+            class_name = ""
+        if class_name in _XL_PIPELINES and "turbo" not in name:
+            return dict(_PRESETS)["xl"]
+    return next(preset for fragment, preset in _PRESETS if fragment in name)
+
+
+def resolve(model: str, cache_dir: Path) -> str:
+    """Turn a model name into what ``from_pretrained`` takes, building built-in models on first use.
+
+    Raises:
+        ModelLoadError: an unknown ``builtin:`` name.
+    """
+    if not model.startswith(BUILTIN_PREFIX):
+        return model
+    name = model.removeprefix(BUILTIN_PREFIX)
+    if name not in BUILTIN_MODELS:
+        known = ", ".join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)
+        raise ModelLoadError(f"unknown built-in model {model!r} (known: {known})")
+    from models.tiny import ensure_tiny_pipeline  # imports torch/diffusers: only when needed
+
+    return str(ensure_tiny_pipeline(cache_dir / f"builtin-{name}"))

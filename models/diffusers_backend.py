@@ -1,0 +1,268 @@
+"""The diffusers backend: a :class:`~models.types.Generator` over any text-to-image pipeline.
+
+Targets SD-Turbo, SD 1.5, SDXL and SDXL-Turbo (anything ``AutoPipelineForText2Image`` can load),
+plus the bundled tiny model (:mod:`models.tiny`). Every image gets its own ``torch.Generator``, so
+an image depends on its prompt and seed alone, never on the batch it ran in.
+
+diffusers' own safety checker and SDXL's own watermark are switched off: the bot judges and marks
+every image itself, and neither of diffusers' habits (a bare-bool verdict that blacks the image out,
+a watermark that skips small images) fits that.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from itertools import accumulate, pairwise
+from typing import Any
+
+import diffusers
+import torch
+from diffusers.pipelines.auto_pipeline import AutoPipelineForText2Image
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from PIL import Image
+
+from models.errors import GenerationError, ModelLoadError
+from models.types import (
+    BatchKey,
+    CancelCheck,
+    GeneratedImages,
+    GenerationRequest,
+    ProgressCallback,
+    StepProgress,
+)
+
+logger = logging.getLogger(__name__)
+
+# __init__ arguments that turn off diffusers' built-in safety checker and watermark, passed only to
+# pipeline classes that accept them (SDXL has no safety checker; only SDXL has add_watermarker).
+_SAFETY_OFF: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False, "add_watermarker": False}
+
+
+def choose_device_and_dtype(
+    device: str | None, dtype: torch.dtype | None, *, sdxl: bool = False
+) -> tuple[torch.device, torch.dtype]:
+    """Pick where and in which precision a pipeline runs.
+
+    Args:
+        device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``; ``None`` picks CUDA, then MPS, then CPU.
+        dtype: Explicit precision; ``None`` picks one that suits the device.
+        sdxl: The pipeline is SDXL-family; prefers bfloat16 on CUDA where supported.
+
+    Returns:
+        The device and dtype.
+
+    Raises:
+        ValueError: ``device`` is not a valid torch device or is not available here.
+    """
+    try:
+        chosen = torch.device(device) if device is not None else _best_device()
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a valid torch device") from exc
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available")
+    if dtype is not None:
+        return chosen, dtype
+    if chosen.type == "cuda":
+        # SDXL's VAE overflows to NaN (black images) in float16; diffusers then upcasts it to
+        # float32 for decoding. bfloat16 has float32's range, so it needs neither fix.
+        if sdxl and torch.cuda.is_bf16_supported():
+            return chosen, torch.bfloat16
+        return chosen, torch.float16
+    if chosen.type == "mps":
+        return chosen, torch.float16
+    return chosen, torch.float32
+
+
+def _best_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _safety_off_kwargs(class_name: str) -> dict[str, Any]:
+    pipeline_class = getattr(diffusers, class_name, None)
+    if pipeline_class is None:  # a custom pipeline: we cannot know its arguments, pass none
+        return {}
+    accepted = inspect.signature(pipeline_class.__init__).parameters
+    return {name: value for name, value in _SAFETY_OFF.items() if name in accepted}
+
+
+class DiffusersGenerator:
+    """Generates batches of compatible requests with one loaded diffusers pipeline.
+
+    Not reentrant: calls to :meth:`generate` are serialised by a lock (the worker thread owns it).
+
+    Args:
+        pipeline: A loaded text-to-image pipeline, already on its device.
+        model_id: The model id or directory the pipeline was loaded from.
+    """
+
+    def __init__(self, pipeline: Any, model_id: str) -> None:
+        self._pipe = pipeline
+        self._model_id = model_id
+        self._lock = threading.Lock()
+        self._pipe.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        local_files_only: bool = True,
+    ) -> DiffusersGenerator:
+        """Load a text-to-image pipeline from a hub id or a local directory.
+
+        Args:
+            model: Hub id (``"stabilityai/sd-turbo"``) or a directory holding ``model_index.json``.
+            device: Target device; see :func:`choose_device_and_dtype`.
+            dtype: Target precision; see :func:`choose_device_and_dtype`.
+            local_files_only: Never reach the hub, use local files or the cache only.
+
+        Returns:
+            A generator whose :attr:`model_id` is ``model``.
+
+        Raises:
+            ModelLoadError: The model is missing, is not a diffusers pipeline, or failed to load.
+            ValueError: ``device`` is invalid or unavailable.
+        """
+        try:
+            # Annotated as a tuple, but returns the model_index dict alone unless asked for more.
+            config: Any = DiffusionPipeline.load_config(model, local_files_only=local_files_only)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"model {model!r} is not a loadable diffusers pipeline: {exc}") from exc
+        class_name = str(config.get("_class_name", ""))
+        torch_device, torch_dtype = choose_device_and_dtype(device, dtype, sdxl="XL" in class_name)
+        kwargs: dict[str, Any] = {
+            # `dtype` since diffusers 0.42 (our floor); `torch_dtype` is deprecated there.
+            "dtype": torch_dtype,
+            "local_files_only": local_files_only,
+            **_safety_off_kwargs(class_name),
+        }
+        try:
+            try:
+                pipeline = AutoPipelineForText2Image.from_pretrained(model, **kwargs)  # type: ignore[no-untyped-call]
+            except ValueError:  # not in AutoPipeline's text-to-image table: let the index decide
+                pipeline = DiffusionPipeline.from_pretrained(model, **kwargs)
+            pipeline = pipeline.to(torch_device)
+        except Exception as exc:  # any failure while loading weights is a load error, cause kept
+            raise ModelLoadError(f"could not load model {model!r}: {exc}") from exc
+        logger.info("loaded %s (%s) on %s as %s", model, type(pipeline).__name__, torch_device, torch_dtype)
+        return cls(pipeline, model)
+
+    @property
+    def model_id(self) -> str:
+        """The model id or directory this generator was loaded from."""
+        return self._model_id
+
+    @property
+    def device(self) -> torch.device:
+        """The device the pipeline runs on."""
+        device: torch.device = self._pipe.device
+        return device
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_progress: ProgressCallback | None = None,
+        is_cancelled: CancelCheck | None = None,
+    ) -> list[GeneratedImages]:
+        """Generate every request in one pipeline call; the result is aligned with ``requests``.
+
+        Args:
+            requests: Requests that share one :class:`~models.types.BatchKey`.
+            on_progress: Called after every denoising step, on the calling thread.
+            is_cancelled: Polled per job after every step and once after the run. A cancelled job
+                comes back with ``cancelled=True`` and no images; when every job is cancelled the
+                pipeline stops early.
+
+        Returns:
+            One :class:`~models.types.GeneratedImages` per request.
+
+        Raises:
+            ValueError: The requests have different batch keys.
+            GenerationError: The pipeline raised; the original exception is the cause.
+        """
+        if not requests:
+            return []
+        key = self._check_batch(requests)
+        cancelled: set[str] = set()
+
+        def poll() -> None:
+            if is_cancelled is not None:
+                cancelled.update(r.job_id for r in requests if r.job_id not in cancelled and is_cancelled(r.job_id))
+
+        poll()
+        active = [r for r in requests if r.job_id not in cancelled]  # jobs cancelled already never start
+        images = dict(zip(map(id, active), self._run(active, key, cancelled, poll, on_progress), strict=True))
+        poll()  # a job cancelled during the last step is still cancelled
+        return [
+            GeneratedImages(r.job_id, (), cancelled=True)
+            if r.job_id in cancelled
+            else GeneratedImages(r.job_id, images[id(r)])
+            for r in requests
+        ]
+
+    def _check_batch(self, requests: Sequence[GenerationRequest]) -> BatchKey:
+        key = requests[0].key
+        for request in requests[1:]:
+            if request.key != key:
+                raise ValueError(f"request {request.job_id!r} has batch key {request.key}, expected {key}")
+        # key.model is not compared with model_id: the worker routes requests by model name, and a
+        # name ("builtin:tiny") may resolve to the directory this generator was loaded from.
+        return key
+
+    def _run(
+        self,
+        requests: list[GenerationRequest],
+        key: BatchKey,
+        cancelled: set[str],
+        poll: Callable[[], None],
+        on_progress: ProgressCallback | None,
+    ) -> list[tuple[Image.Image, ...]]:
+        """Run the pipeline once over every image of ``requests``; one tuple of images per request."""
+        if not requests:
+            return []
+        job_ids = tuple(r.job_id for r in requests)
+        # CPU generators on MPS: diffusers draws MPS noise on the CPU (and MPS generators are flaky).
+        generator_device = "cpu" if self.device.type == "mps" else self.device
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_progress is not None:
+                on_progress(StepProgress(job_ids, step + 1, getattr(pipe, "num_timesteps", key.steps)))
+            poll()
+            if cancelled.issuperset(job_ids):
+                # The denoising loop checks `self.interrupt` (backed by `_interrupt`) at the top of
+                # every step and skips the rest; diffusers resets it at the start of each call.
+                pipe._interrupt = True
+            return callback_kwargs
+
+        with self._lock, torch.inference_mode():
+            try:
+                output = self._pipe(
+                    # Flattened: one prompt, negative prompt and generator per image. The negative
+                    # prompt is always passed; diffusers only uses it when guidance > 1 (CFG on).
+                    prompt=[r.prompt for r in requests for _ in r.seeds],
+                    negative_prompt=[r.negative_prompt for r in requests for _ in r.seeds],
+                    generator=[torch.Generator(generator_device).manual_seed(s) for r in requests for s in r.seeds],
+                    num_inference_steps=key.steps,
+                    guidance_scale=key.guidance,
+                    width=key.width,
+                    height=key.height,
+                    output_type="pil",
+                    callback_on_step_end=on_step_end,
+                )
+            except Exception as exc:
+                raise GenerationError(f"model {self._model_id!r} failed on jobs {list(job_ids)}: {exc}") from exc
+        flat: list[Image.Image] = list(output.images)
+        bounds = list(accumulate((len(r.seeds) for r in requests), initial=0))
+        return [tuple(flat[start:end]) for start, end in pairwise(bounds)]

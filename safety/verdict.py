@@ -1,0 +1,84 @@
+"""The value every safety decision is expressed in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class Decision(StrEnum):
+    """What happens to an image. Ordered by severity: the most severe stage wins."""
+
+    ALLOW = "allow"  # may be stored, marked and posted
+    FLAG = "flag"  # held for moderators; never posted unreviewed
+    BLOCK = "block"  # never stored or posted
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Decision.ALLOW: 0, Decision.FLAG: 1, Decision.BLOCK: 2}
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE_REASON = "safety check unavailable"
+
+
+def _frozen(mapping: Mapping[str, object] | None) -> Mapping[str, object]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A decision about one image, with everything needed to audit it later.
+
+    Attributes:
+        decision: allow, flag or block.
+        stage: the stage that decided (for ``allow``, ``"policy"``).
+        category: the content category that decided, if any (e.g. ``"sexual"``).
+        reason: one sentence a user can read.
+        scores: every score every stage computed, keyed ``"<stage>.<score>"``.
+        model_versions: the model (and version) behind each stage.
+    """
+
+    decision: Decision
+    stage: str
+    reason: str
+    category: str | None = None
+    scores: Mapping[str, float] = field(default_factory=dict)
+    model_versions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decision", Decision(self.decision))
+        object.__setattr__(self, "scores", _frozen(self.scores))
+        object.__setattr__(self, "model_versions", _frozen(self.model_versions))
+
+    @classmethod
+    def unavailable(cls, stage: str, error: BaseException | str) -> Verdict:
+        """The fail-closed verdict: a stage that could not run blocks the image.
+
+        The technical detail is logged here, never shown to the user.
+        """
+        logger.error("safety stage %s unavailable, blocking: %s", stage, error)
+        return cls(Decision.BLOCK, stage, UNAVAILABLE_REASON, category="unavailable")
+
+
+def combine(verdicts: Iterable[Verdict]) -> Verdict:
+    """Merge per-stage verdicts for one image: the most severe decides, every score is kept."""
+    items = list(verdicts)
+    if not items:
+        # No stage judged the image: that is a missing check, so it blocks (fail closed).
+        return Verdict.unavailable("policy", "no stage judged the image")
+    scores: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    for v in items:
+        scores.update(v.scores)
+        versions.update(v.model_versions)
+    worst = max(items, key=lambda v: v.decision.severity)  # max keeps the first of equals: stage order
+    if worst.decision is Decision.ALLOW:
+        return Verdict(Decision.ALLOW, "policy", "passed every safety check", None, scores, versions)
+    return Verdict(worst.decision, worst.stage, worst.reason, worst.category, scores, versions)

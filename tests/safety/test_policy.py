@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from safety.integrity import IntegrityStage
+from safety.policy import CheckContext, Policy
+from safety.verdict import UNAVAILABLE_REASON, Decision, Verdict, combine
+
+
+@dataclass(frozen=True)
+class Context:
+    prompt: str = "a cat"
+    guild_id: str | None = "g"
+    strictness: str = "standard"
+    allow_suggestive: bool = False
+    width: int = 32
+    height: int = 32
+
+
+def noise(seed: int = 0, size: tuple[int, int] = (32, 32)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+
+
+class Fixed:
+    def __init__(self, name: str, decision: Decision, category: str | None = None) -> None:
+        self.name = name
+        self.decision = decision
+        self.category = category
+
+    def check(self, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
+        return [
+            Verdict(
+                self.decision, self.name, f"{self.name} says {self.decision}", self.category, {f"{self.name}.p": 0.5}
+            )
+            for _ in images
+        ]
+
+
+class Raising:
+    name = "broken"
+
+    def check(self, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
+        raise RuntimeError("weights missing")
+
+
+class Short:
+    name = "short"
+
+    def check(self, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
+        return []
+
+
+def test_most_severe_stage_decides_and_scores_are_kept() -> None:
+    policy = Policy([Fixed("a", Decision.ALLOW), Fixed("b", Decision.FLAG, "sexual"), Fixed("c", Decision.ALLOW)])
+    [verdict] = policy.check([noise()], Context())
+    assert verdict.decision is Decision.FLAG and verdict.stage == "b" and verdict.category == "sexual"
+    assert set(verdict.scores) == {"a.p", "b.p", "c.p"}
+
+
+def test_allow_when_every_stage_allows() -> None:
+    [verdict] = Policy([Fixed("a", Decision.ALLOW)]).check([noise()], Context())
+    assert verdict.decision is Decision.ALLOW and verdict.stage == "policy"
+
+
+@pytest.mark.parametrize("bad", [Raising(), Short()])
+def test_a_failing_stage_blocks_every_image(bad: Raising | Short) -> None:
+    verdicts = Policy([Fixed("a", Decision.ALLOW), bad]).check([noise(1), noise(2)], Context())
+    assert [v.decision for v in verdicts] == [Decision.BLOCK, Decision.BLOCK]
+    assert all(v.reason == UNAVAILABLE_REASON and v.stage == bad.name for v in verdicts)
+
+
+def test_an_unavailable_stage_blocks() -> None:
+    [verdict] = Policy([Fixed("a", Decision.ALLOW)], unavailable=["nsfw"]).check([noise()], Context())
+    assert verdict.decision is Decision.BLOCK and verdict.stage == "nsfw"
+
+
+def test_a_policy_without_stages_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="at least one stage"):
+        Policy([])
+
+
+def test_combine_nothing_blocks() -> None:
+    assert combine([]).decision is Decision.BLOCK
+
+
+def test_verdict_is_immutable() -> None:
+    v = Verdict(Decision.ALLOW, "s", "ok", scores={"x": 1.0})
+    with pytest.raises(TypeError):
+        v.scores["x"] = 2.0  # type: ignore[index]
+
+
+def test_integrity_stage() -> None:
+    stage = IntegrityStage()
+    flat = Image.new("RGB", (32, 32), (0, 0, 0))
+    wrong_size = noise(size=(16, 32))
+    grey = noise().convert("L")
+    verdicts = stage.check([noise(), flat, wrong_size, grey], Context())
+    assert [v.decision for v in verdicts] == [Decision.ALLOW, Decision.BLOCK, Decision.BLOCK, Decision.BLOCK]
+    assert verdicts[1].category == "blank" and verdicts[2].category == "malformed"
+    assert verdicts[0].scores["integrity.std"] > 50
