@@ -47,7 +47,7 @@ def load_generator(settings: Settings, model: str) -> Generator:
     from models.diffusers_backend import DiffusersGenerator  # torch + diffusers: import lazily
 
     diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     source = catalog.resolve(model, settings.models_dir)
     device = None if settings.device == "auto" else settings.device
