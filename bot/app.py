@@ -6,6 +6,7 @@ today, the Discord runner later) opens the service through :func:`open_service`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -80,6 +81,7 @@ async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
         worker = Worker(lambda model: load_generator(settings, model), build_policy(settings), signer)
         async with worker:
             store = ImageStore(settings.images_dir)
+            await asyncio.to_thread(store.sweep_temporary)
             service = ImagineService(settings, storage, worker, store, quantum=default_quantum(settings))
             try:
                 await service.start()  # every process with a worker first resumes unfinished jobs

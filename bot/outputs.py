@@ -21,6 +21,7 @@ from PIL import Image, PngImagePlugin
 # zlib level 1: several times faster than Pillow's default (6) for a few percent more bytes.
 PNG_COMPRESS_LEVEL = 1
 _TEXT_PREFIX = "imaginebot:"
+TEMP_PREFIX = ".tmp-"
 EMPTY_TILE = (32, 32, 36)  # where a blocked image would have been in the grid
 
 
@@ -60,11 +61,20 @@ class ImageStore:
             write_atomic(path, data)
         return StoredImage(path, digest, image.width, image.height)
 
+    def sweep_temporary(self) -> int:
+        """Delete temporary files a crash left mid-write; returns how many. Call before writing starts."""
+        if not self.root.exists():
+            return 0
+        stale = list(self.root.glob(f"*/{TEMP_PREFIX}*"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -20,8 +20,9 @@ from bot.config import Settings
 from bot.errors import IllegalTransitionError, QueueFullError
 from bot.jobs import ACTIVE_STATES, Job, JobRequest, JobState
 from bot.outputs import ImageStore, make_grid
+from bot.records import OutputRecord, VerdictRecord
 from bot.scheduler import FairScheduler, QueuedJob
-from bot.storage import OutputRecord, Storage, VerdictRecord
+from bot.storage import Storage
 from bot.throughput import ThroughputMeter
 from models.types import StepProgress
 from models.worker import JobOutcome, OutcomeKind, Worker
@@ -297,19 +298,7 @@ class ImagineService:
 
         # PNG encoding and hashing are CPU-heavy: never on the event loop.
         outputs, grid = await asyncio.to_thread(write_all)
-        verdicts = [
-            VerdictRecord(
-                job.id,
-                o.index,
-                o.verdict.stage,
-                o.verdict.decision,
-                o.verdict.category,
-                o.verdict.reason,
-                dict(o.verdict.scores),
-                dict(o.verdict.model_versions),
-            )
-            for o in outcome.images
-        ]
+        verdicts = [VerdictRecord.from_verdict(job.id, o.index, o.verdict) for o in outcome.images]
         await self.storage.save_outputs(job.id, outputs, verdicts, grid)
         self.timings[job.id]["store"] = time.perf_counter() - started
         state = final_state([o.verdict.decision for o in outcome.images])

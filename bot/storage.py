@@ -20,9 +20,8 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import TypeAlias
 
 import aiosqlite
@@ -30,7 +29,7 @@ import aiosqlite
 from bot.errors import JobNotFoundError, StorageError
 from bot.jobs import Job, JobRequest, JobState
 from bot.migrations import MIGRATIONS, SCHEMA_VERSION, statements
-from models.types import Verdict
+from bot.records import AuditRecord, JobEvent, OutputRecord, VerdictRecord
 
 logger = logging.getLogger(__name__)
 
@@ -58,84 +57,6 @@ def _dumps(value: object) -> str:
     # allow_nan=False: NaN/Infinity are not JSON; SQLite's json_valid() would reject them anyway,
     # and a NaN safety score is a bug to surface, not to store.
     return json.dumps(value, sort_keys=True, allow_nan=False)
-
-
-def _frozen(mapping: Mapping[str, object]) -> MappingProxyType[str, object]:
-    return MappingProxyType(dict(mapping))
-
-
-@dataclass(frozen=True)
-class OutputRecord:
-    """One stored image of a job (``index`` is its position in the job's seeds)."""
-
-    job_id: str
-    index: int
-    path: str
-    sha256: str
-    width: int
-    height: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class VerdictRecord:
-    """The safety verdict about image ``index`` of a job, with every score kept for audit."""
-
-    job_id: str
-    index: int
-    stage: str
-    decision: str
-    category: str | None
-    reason: str
-    scores: Mapping[str, float] = field(default_factory=dict)
-    model_versions: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Read-only copies, so a record cannot change behind the back of whoever holds it.
-        object.__setattr__(self, "scores", _frozen(self.scores))
-        object.__setattr__(self, "model_versions", _frozen(self.model_versions))
-
-    @classmethod
-    def from_verdict(cls, job_id: str, index: int, verdict: Verdict) -> VerdictRecord:
-        """Record a safety verdict (anything shaped like ``models.types.Verdict``)."""
-        return cls(
-            job_id=job_id,
-            index=index,
-            stage=verdict.stage,
-            decision=str(verdict.decision),
-            category=verdict.category,
-            reason=verdict.reason,
-            scores=verdict.scores,
-            model_versions=verdict.model_versions,
-        )
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """One state change of a job; the creation event has ``from_state=None``."""
-
-    id: int
-    job_id: str
-    from_state: JobState | None
-    to_state: JobState
-    at: float
-    detail: str | None
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One entry of the audit log (moderation decisions, setting changes, deletions)."""
-
-    id: int
-    at: float
-    action: str
-    guild_id: str | None
-    actor_id: str | None
-    target: str | None
-    detail: Mapping[str, object]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "detail", _frozen(self.detail))
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:

@@ -68,6 +68,7 @@ def test_sigkill_then_resume_completes_every_job_exactly_once(tmp_path: Path) ->
     assert len(outputs) == len(PROMPTS) and all(n == 2 and distinct == 2 for _, n, distinct in outputs)
     assert all(Path(p).is_file() for p in paths)
     assert prompts_stored == sorted(PROMPTS)
+    assert not list((data / "images").rglob(".tmp-*"))  # swept on restart if the kill hit a write
     # a second resume finds nothing to do
     again = subprocess.run(
         [sys.executable, "-m", "bot.cli", "resume", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -50,3 +50,12 @@ def test_grid_places_tiles_and_marks_blocked_ones() -> None:
     assert grid.getpixel((15, 15)) == (90, 90, 90)
     with pytest.raises(ValueError, match="at least one tile"):
         make_grid([], 8, 8)
+
+
+def test_sweep_removes_what_a_crash_left_mid_write(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    kept = store.write(tile(5))
+    (kept.path.parent / ".tmp-abc.png").write_bytes(b"half")
+    assert store.sweep_temporary() == 1
+    assert [p.name for p in kept.path.parent.iterdir()] == [kept.path.name]
+    assert ImageStore(tmp_path / "missing").sweep_temporary() == 0

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from bot.errors import IllegalTransitionError, JobNotFoundError, StorageError
 from bot.jobs import ACTIVE_STATES, MAX_GUIDANCE, Job, JobRequest, JobState
 from bot.migrations import SCHEMA_VERSION, statements
-from bot.storage import OutputRecord, Storage, VerdictRecord
+from bot.records import OutputRecord, VerdictRecord
+from bot.storage import Storage
 
 TABLES = {"jobs", "job_events", "outputs", "verdicts", "guild_settings", "audit_log"}
 REPO_ROOT = Path(__file__).resolve().parents[2]

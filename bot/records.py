@@ -1,0 +1,88 @@
+"""Rows of the database as frozen values: what storage returns and what the service records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from bot.jobs import JobState
+from models.types import Verdict
+
+
+def _frozen(mapping: Mapping[str, object]) -> MappingProxyType[str, object]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One stored image of a job (``index`` is its position in the job's seeds)."""
+
+    job_id: str
+    index: int
+    path: str
+    sha256: str
+    width: int
+    height: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """The safety verdict about image ``index`` of a job, with every score kept for audit."""
+
+    job_id: str
+    index: int
+    stage: str
+    decision: str
+    category: str | None
+    reason: str
+    scores: Mapping[str, float] = field(default_factory=dict)
+    model_versions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Read-only copies, so a record cannot change behind the back of whoever holds it.
+        object.__setattr__(self, "scores", _frozen(self.scores))
+        object.__setattr__(self, "model_versions", _frozen(self.model_versions))
+
+    @classmethod
+    def from_verdict(cls, job_id: str, index: int, verdict: Verdict) -> VerdictRecord:
+        """Record a safety verdict (anything shaped like ``models.types.Verdict``)."""
+        return cls(
+            job_id=job_id,
+            index=index,
+            stage=verdict.stage,
+            decision=str(verdict.decision),
+            category=verdict.category,
+            reason=verdict.reason,
+            scores=verdict.scores,
+            model_versions=verdict.model_versions,
+        )
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One state change of a job; the creation event has ``from_state=None``."""
+
+    id: int
+    job_id: str
+    from_state: JobState | None
+    to_state: JobState
+    at: float
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One entry of the audit log (moderation decisions, setting changes, deletions)."""
+
+    id: int
+    at: float
+    action: str
+    guild_id: str | None
+    actor_id: str | None
+    target: str | None
+    detail: Mapping[str, object]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", _frozen(self.detail))
