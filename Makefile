@@ -2,8 +2,9 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# torch comes from this machine's disk as a CPU build; an unpinned torch would pull GBs of CUDA wheels.
-TORCH  ?= torch==2.13.0
+# torch + torchvision (open_clip needs it) come pinned, from this machine's disk where it has them;
+# an unpinned torch would pull the newest CUDA build.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 PROMPT ?= a lighthouse at dusk
 
 .PHONY: install demo test lint typecheck unit slow bench clean
@@ -11,10 +12,7 @@ PROMPT ?= a lighthouse at dusk
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	# open_clip_torch ships the CLIP BPE vocabulary we write our tokenizer from; --no-deps keeps
-	# its torchvision requirement from replacing the CPU torch above.
-	$(BIN)/pip install --quiet --no-deps "open_clip_torch>=2.24"
+	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
