@@ -97,6 +97,20 @@ def _parse_secret(name: str, raw: object) -> Secret | None:
     return Secret(raw.strip())
 
 
+SAFETY_STAGES = ("prompt", "integrity", "nsfw", "faces", "nudenet")
+
+
+def _parse_stages(name: str, raw: object) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    stages = tuple(str(item).strip().lower() for item in items if str(item).strip())
+    unknown = [s for s in stages if s not in SAFETY_STAGES]
+    if unknown:
+        raise ConfigError(f"{name}: unknown stage {unknown[0]!r} (known: {', '.join(SAFETY_STAGES)})")
+    if not stages:
+        raise ConfigError(f"{name}: at least one safety stage is required")
+    return tuple(dict.fromkeys(stages))
+
+
 def _parse_optional_str(name: str, raw: object) -> str | None:
     return None if raw is None or raw == "" else _parse_str(name, raw)
 
@@ -126,6 +140,14 @@ FIELDS: dict[str, FieldSpec] = {
     "strictness": FieldSpec(
         _parse_choice("relaxed", "standard", "strict"), "Default safety strictness for every server."
     ),
+    "safety_stages": FieldSpec(
+        _parse_stages,
+        "Safety stages run on every request (prompt, integrity, nsfw, faces, nudenet). A listed stage that "
+        "cannot load blocks every image.",
+    ),
+    "clip_model": FieldSpec(
+        _parse_str, "open_clip model and weights for the NSFW and realism checks: MODEL:PRETRAINED_TAG_OR_PATH."
+    ),
     "log_level": FieldSpec(_parse_choice("debug", "info", "warning", "error"), "Logging level of the process."),
     "discord_token": FieldSpec(
         _parse_secret, "Discord bot token (also read from DISCORD_TOKEN). Never printed or logged."
@@ -146,6 +168,8 @@ class Settings:
     per_guild_queue_cap: int = 50
     scheduler_quantum: int = 0
     strictness: str = "standard"
+    safety_stages: tuple[str, ...] = ("prompt", "integrity", "nsfw", "faces")
+    clip_model: str = "ViT-B-32:laion2b_s34b_b79k"
     log_level: str = "warning"
     discord_token: Secret | None = None
 
@@ -193,6 +217,14 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def protected_dir(self) -> Path:
+        return self.data_dir / "protected"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
     @property
     def keys_dir(self) -> Path:

@@ -103,7 +103,12 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_guild ON audit_log (guild_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# v2: a heavily blurred preview of every flagged image, for moderators' review cards.
+_V2 = """
+ALTER TABLE outputs ADD COLUMN preview_path TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """Migration scripts in order; the schema version of a fully migrated database is ``len(MIGRATIONS)``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageFilter, PngImagePlugin
 
 # zlib level 1: several times faster than Pillow's default (6) for a few percent more bytes.
 PNG_COMPRESS_LEVEL = 1
@@ -84,6 +84,13 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_preview(image: Image.Image, *, blocks: int = 12) -> Image.Image:
+    """A heavily pixelated and blurred copy for review cards: shows layout and colour, not content."""
+    small = image.convert("RGB").resize((blocks, max(1, blocks * image.height // image.width)), Image.Resampling.BOX)
+    coarse = small.resize(image.size, Image.Resampling.NEAREST)
+    return coarse.filter(ImageFilter.GaussianBlur(radius=max(image.size) / blocks / 2))
 
 
 def grid_shape(count: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ class OutputRecord:
     width: int
     height: int
     seed: int
+    preview_path: str | None = None  # blurred preview, only for flagged images
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ async def job_record(storage: Storage, job: Job, timings: Mapping[str, float] | 
                 "seed": seed,
                 "path": output.path if output else None,
                 "sha256": output.sha256 if output else None,
+                "preview": output.preview_path if output else None,
                 "verdict": None
                 if verdict is None
                 else {

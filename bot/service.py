@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from bot.config import Settings
 from bot.errors import IllegalTransitionError, QueueFullError
 from bot.jobs import ACTIVE_STATES, Job, JobRequest, JobState
-from bot.outputs import ImageStore, make_grid
+from bot.outputs import ImageStore, make_grid, make_preview
 from bot.records import OutputRecord, VerdictRecord
 from bot.scheduler import FairScheduler, QueuedJob
 from bot.storage import Storage
@@ -284,13 +284,15 @@ class ImagineService:
         def write_all() -> tuple[list[OutputRecord], tuple[str, str] | None]:
             records = []
             for o in outcome.images:
-                if o.image is not None:
-                    stored = self._store.write(o.image)
-                    records.append(
-                        OutputRecord(
-                            job.id, o.index, str(stored.path), stored.sha256, stored.width, stored.height, o.seed
-                        )
-                    )
+                if o.image is None:
+                    continue
+                stored = self._store.write(o.image)
+                # Moderators' cards show a blurred preview first; the full image only on request.
+                preview = self._store.write(make_preview(o.image)) if o.verdict.decision == "flag" else None
+                records.append(
+                    OutputRecord(job.id, o.index, str(stored.path), stored.sha256, stored.width, stored.height,
+                                 o.seed, str(preview.path) if preview else None)
+                )  # fmt: skip
             if not records:
                 return records, None
             grid = self._store.write(make_grid(images, r.width, r.height))

@@ -426,11 +426,12 @@ class Storage:
                 (job_id, json.dumps([v.index for v in verdicts])),
             )
             await db.executemany(
-                "INSERT INTO outputs (job_id, idx, path, sha256, width, height, seed, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO outputs (job_id, idx, path, sha256, width, height, seed, created_at, preview_path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (job_id, idx) DO UPDATE SET path = excluded.path, sha256 = excluded.sha256,"
-                " width = excluded.width, height = excluded.height, seed = excluded.seed",
-                [(job_id, o.index, o.path, o.sha256, o.width, o.height, o.seed, now) for o in outputs],
+                " width = excluded.width, height = excluded.height, seed = excluded.seed,"
+                " preview_path = excluded.preview_path",
+                [(job_id, o.index, o.path, o.sha256, o.width, o.height, o.seed, now, o.preview_path) for o in outputs],
             )
             await db.executemany(
                 "INSERT INTO verdicts (job_id, idx, stage, decision, category, reason, scores, model_versions,"
@@ -448,7 +449,8 @@ class Storage:
     async def outputs_for(self, job_id: str) -> list[OutputRecord]:
         """The stored images of a job, by index."""
         rows = await self._fetchall(
-            "SELECT job_id, idx, path, sha256, width, height, seed FROM outputs WHERE job_id = ? ORDER BY idx",
+            "SELECT job_id, idx, path, sha256, width, height, seed, preview_path FROM outputs"
+            " WHERE job_id = ? ORDER BY idx",
             (job_id,),
         )
         return [
@@ -460,6 +462,7 @@ class Storage:
                 width=row["width"],
                 height=row["height"],
                 seed=row["seed"],
+                preview_path=row["preview_path"],
             )
             for row in rows
         ]

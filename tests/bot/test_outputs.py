@@ -59,3 +59,18 @@ def test_sweep_removes_what_a_crash_left_mid_write(tmp_path: Path) -> None:
     assert store.sweep_temporary() == 1
     assert [p.name for p in kept.path.parent.iterdir()] == [kept.path.name]
     assert ImageStore(tmp_path / "missing").sweep_temporary() == 0
+
+
+def test_preview_hides_detail() -> None:
+    from bot.outputs import make_preview
+
+    detailed = Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    preview = make_preview(detailed)
+    assert preview.size == detailed.size
+
+    # neighbouring pixels of the noise differ a lot; in the preview they barely do
+    def roughness(img: Image.Image) -> float:
+        a = np.asarray(img, dtype=np.float32)
+        return float(np.abs(np.diff(a, axis=1)).mean())
+
+    assert roughness(preview) < roughness(detailed) / 20

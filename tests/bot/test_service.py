@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bot.config import Settings
 from bot.errors import IllegalTransitionError, QueueFullError
@@ -17,8 +18,9 @@ from bot.service import ImagineService, JobUpdate, final_state
 from bot.storage import Storage
 from models.worker import Worker
 from safety.integrity import IntegrityStage
-from safety.policy import Policy
+from safety.policy import CheckContext, Policy
 from safety.provenance import MetadataSigner
+from safety.verdict import Decision, Verdict
 from tests.fakes import FakeGenerator
 
 
@@ -35,11 +37,16 @@ def exists(path: str) -> bool:
 
 @asynccontextmanager
 async def service_for(
-    tmp_path: Path, generator: FakeGenerator | None = None, *, start: bool = True, **settings: object
+    tmp_path: Path,
+    generator: FakeGenerator | None = None,
+    *,
+    start: bool = True,
+    policy: Policy | None = None,
+    **settings: object,
 ) -> AsyncIterator[ImagineService]:
     s = replace(Settings(data_dir=tmp_path), **settings)  # type: ignore[arg-type]
     gen = generator or FakeGenerator()
-    worker = Worker(lambda m: gen, Policy([IntegrityStage()]), MetadataSigner(b"k" * 32))
+    worker = Worker(lambda m: gen, policy or Policy([IntegrityStage()]), MetadataSigner(b"k" * 32))
     async with await Storage.open(s.db_path) as storage, worker:
         service = ImagineService(s, storage, worker, ImageStore(s.images_dir), quantum=req().cost)
         try:
@@ -73,6 +80,23 @@ async def test_blocked_images_are_not_stored(tmp_path: Path) -> None:
         assert job.state is JobState.BLOCKED and job.grid_path is None
         assert await service.storage.outputs_for(job.id) == []
         assert [v.category for v in await service.storage.verdicts_for(job.id)] == ["blank", "blank"]
+
+
+class FlagAll:
+    name = "flagger"
+
+    def check(self, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
+        return [Verdict(Decision.FLAG, self.name, "held for review", category="sexual") for _ in images]
+
+
+async def test_flagged_jobs_are_held_with_blurred_previews(tmp_path: Path) -> None:
+    async with service_for(tmp_path, policy=Policy([IntegrityStage(), FlagAll()])) as service:
+        job = await service.wait((await service.submit(req())).id)
+        assert job.state is JobState.FLAGGED
+        outputs = await service.storage.outputs_for(job.id)
+        assert len(outputs) == 2 and all(o.preview_path and exists(o.preview_path) for o in outputs)
+        assert all(o.preview_path != o.path for o in outputs)
+        assert [v.category for v in await service.storage.verdicts_for(job.id)] == ["sexual", "sexual"]
 
 
 async def test_generation_failure_is_recorded(tmp_path: Path) -> None:
