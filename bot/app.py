@@ -20,9 +20,9 @@ from bot.storage import Storage
 from models import catalog
 from models.types import Generator
 from models.worker import Worker
-from safety.integrity import IntegrityStage
-from safety.policy import Policy
+from safety.clip import ClipSpec
 from safety.provenance import MetadataSigner
+from safety.suite import SafetySuite, build_suite
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,17 @@ def load_generator(settings: Settings, model: str) -> Generator:
     return DiffusersGenerator.from_pretrained(source, device=device, local_files_only=settings.offline)
 
 
-def build_policy(settings: Settings) -> Policy:
-    """The safety stages this process runs on every image."""
-    return Policy([IntegrityStage()])
+def build_safety(settings: Settings) -> SafetySuite:
+    """Load the configured safety stages (blocking: seconds for CLIP). Unloadable stages block."""
+    quiet_model_libraries(offline=settings.offline)
+    return build_suite(
+        settings.safety_stages,
+        clip=ClipSpec.parse(settings.clip_model),
+        gallery_dir=settings.protected_dir,
+        cache_dir=settings.cache_dir / "clip",
+        device=None if settings.device == "auto" else settings.device,
+        face_detector=settings.face_detector,
+    )
 
 
 def default_quantum(settings: Settings) -> int:
@@ -78,11 +86,17 @@ async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
     storage = await Storage.open(settings.db_path)
     try:
         signer = MetadataSigner.from_key_file(settings.keys_dir / "provenance.key")
-        worker = Worker(lambda model: load_generator(settings, model), build_policy(settings), signer)
+        safety = await asyncio.to_thread(build_safety, settings)
+        for status in safety.unavailable:
+            logger.error("safety stage %s unavailable: every image will be blocked (%s)", status.name, status.detail)
+        worker = Worker(lambda model: load_generator(settings, model), safety.policy, signer)
         async with worker:
             store = ImageStore(settings.images_dir)
             await asyncio.to_thread(store.sweep_temporary)
-            service = ImagineService(settings, storage, worker, store, quantum=default_quantum(settings))
+            service = ImagineService(
+                settings, storage, worker, store, quantum=default_quantum(settings), prompt_gate=safety.prompt
+            )
+            service.safety = safety
             try:
                 await service.start()  # every process with a worker first resumes unfinished jobs
                 yield service

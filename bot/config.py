@@ -148,6 +148,10 @@ FIELDS: dict[str, FieldSpec] = {
     "clip_model": FieldSpec(
         _parse_str, "open_clip model and weights for the NSFW and realism checks: MODEL:PRETRAINED_TAG_OR_PATH."
     ),
+    "face_detector": FieldSpec(
+        _parse_choice("auto", "nudenet", "hog"),
+        "Face detector for the deepfake filter: auto = NudeNet's if the [nudenet] extra is installed, else dlib HOG.",
+    ),
     "log_level": FieldSpec(_parse_choice("debug", "info", "warning", "error"), "Logging level of the process."),
     "discord_token": FieldSpec(
         _parse_secret, "Discord bot token (also read from DISCORD_TOKEN). Never printed or logged."
@@ -170,6 +174,7 @@ class Settings:
     strictness: str = "standard"
     safety_stages: tuple[str, ...] = ("prompt", "integrity", "nsfw", "faces")
     clip_model: str = "ViT-B-32:laion2b_s34b_b79k"
+    face_detector: str = "auto"
     log_level: str = "warning"
     discord_token: Secret | None = None
 

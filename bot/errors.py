@@ -9,6 +9,7 @@ Tree::
     ├── StorageError            the database cannot be used (e.g. its schema is newer than this code)
     └── UserFacingError         carries the only text a user sees
         ├── QueueFullError      the guild's queue or the user's cap is full
+        ├── PromptBlockedError  the prompt filter refused the prompt
         └── InvalidRequestError an option of a request is out of range
 """
 
@@ -52,3 +53,11 @@ class QueueFullError(UserFacingError):
 
 class InvalidRequestError(UserFacingError, ValueError):
     """A request option is invalid; the message names the option and the value."""
+
+
+class PromptBlockedError(UserFacingError):
+    """The prompt filter blocked a request; the message names the category in plain words."""
+
+    def __init__(self, message: str, category: str | None) -> None:
+        super().__init__(message)
+        self.category = category

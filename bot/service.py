@@ -15,17 +15,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.config import Settings
-from bot.errors import IllegalTransitionError, QueueFullError
+from bot.errors import IllegalTransitionError, PromptBlockedError, QueueFullError
 from bot.jobs import ACTIVE_STATES, Job, JobRequest, JobState
 from bot.outputs import ImageStore, make_grid, make_preview
 from bot.records import OutputRecord, VerdictRecord
 from bot.scheduler import FairScheduler, QueuedJob
 from bot.storage import Storage
 from bot.throughput import ThroughputMeter
-from models.types import StepProgress
+from models.types import StepProgress, Verdict
 from models.worker import JobOutcome, OutcomeKind, Worker
+from safety.policy import CheckContext
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,24 @@ class JobUpdate:
 
 
 Listener = Callable[[JobUpdate], None]
+
+
+class PromptGate(Protocol):
+    """Judges a prompt before anything is queued (``safety.suite.PromptStage`` is one)."""
+
+    def check_prompt(self, context: CheckContext) -> Verdict: ...
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    """What the prompt gate may know about a request (satisfies ``safety.policy.CheckContext``)."""
+
+    prompt: str
+    guild_id: str | None
+    strictness: str
+    allow_suggestive: bool
+    width: int
+    height: int
 
 
 def final_state(decisions: Sequence[str]) -> JobState:
@@ -67,11 +87,20 @@ class ImagineService:
         worker: a started :class:`Worker`.
         store: where output images are written.
         quantum: scheduler cost per turn (see :mod:`bot.scheduler`).
+        prompt_gate: judges prompts before they are queued; None when the prompt stage is off.
     """
 
     def __init__(
-        self, settings: Settings, storage: Storage, worker: Worker, store: ImageStore, *, quantum: int
+        self,
+        settings: Settings,
+        storage: Storage,
+        worker: Worker,
+        store: ImageStore,
+        *,
+        quantum: int,
+        prompt_gate: PromptGate | None = None,
     ) -> None:
+        self._prompt_gate = prompt_gate
         self.settings = settings
         self.storage = storage
         self._worker = worker
@@ -87,6 +116,7 @@ class ImagineService:
         self._listeners: list[Listener] = []
         self._running: set[str] = set()
         self.resumed: list[Job] = []  # what start() found unfinished
+        self.safety: object | None = None  # the loaded safety suite, for reports (set by the composition root)
         # Seconds per stage (load, generate, safety, mark, store) of each job run by this process.
         self.timings: dict[str, dict[str, float]] = {}
 
@@ -137,7 +167,9 @@ class ImagineService:
 
         Raises:
             QueueFullError: a per-user or per-guild cap is reached (a user-facing message).
+            PromptBlockedError: the prompt filter blocked the prompt (the message says why, in plain words).
         """
+        await self._check_prompt(request)
         async with self._submit_lock:  # check + insert + schedule as one step: caps cannot be raced
             if enforce_caps:
                 self._check_caps(request)
@@ -147,6 +179,19 @@ class ImagineService:
         self._emit(JobUpdate(job.id, job.state))
         self._wakeup.set()
         return job
+
+    async def _check_prompt(self, request: JobRequest) -> None:
+        if self._prompt_gate is None:
+            return
+        context = PromptContext(request.prompt, request.guild_id, await self._strictness(request.guild_id),
+                                False, request.width, request.height)  # fmt: skip
+        verdict = self._prompt_gate.check_prompt(context)  # microseconds: fine on the loop
+        if verdict.decision == "block":
+            await self.storage.audit(
+                "prompt_blocked", guild_id=request.guild_id, actor_id=request.user_id,
+                detail={"category": verdict.category, "scores": dict(verdict.scores)},
+            )  # fmt: skip
+            raise PromptBlockedError(verdict.reason, verdict.category)
 
     def _check_caps(self, request: JobRequest) -> None:
         s = self.settings
@@ -241,7 +286,7 @@ class ImagineService:
         if not jobs:
             return
         started = time.monotonic()
-        requests = [job.generation_request(strictness=await self._strictness(job)) for job in jobs]
+        requests = [job.generation_request(strictness=await self._strictness(job.request.guild_id)) for job in jobs]
         try:
             outcomes = await self._worker.run(requests, on_progress=self._on_progress)
         except Exception as exc:
@@ -254,8 +299,8 @@ class ImagineService:
                 self._running.discard(job.id)
         self._meter.record(sum(job.request.cost for job in jobs), time.monotonic() - started)
 
-    async def _strictness(self, job: Job) -> str:
-        value = await self.storage.get_guild_setting(job.request.guild_id, "strictness", self.settings.strictness)
+    async def _strictness(self, guild_id: str) -> str:
+        value = await self.storage.get_guild_setting(guild_id, "strictness", self.settings.strictness)
         return str(value)
 
     def _on_progress(self, progress: StepProgress) -> None:

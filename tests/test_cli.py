@@ -16,10 +16,12 @@ from PIL import Image
 from bot.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+# No CLIP weights can be had offline, so the nsfw stage would block everything (fail closed).
+OFFLINE_STAGES = "prompt,integrity,faces"
 
 
 def imaginebot(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "IMAGINEBOT_DATA_DIR": str(data_dir)}
+    env = {**os.environ, "IMAGINEBOT_DATA_DIR": str(data_dir), "IMAGINEBOT_SAFETY_STAGES": OFFLINE_STAGES}
     result = subprocess.run(
         [sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
     )
