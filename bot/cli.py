@@ -14,10 +14,11 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from bot import __version__
+from bot import __version__, cli_safety
 from bot.app import open_service
+from bot.cli_base import Parser, UsageError
 from bot.config import Settings
 from bot.errors import BotError, InvalidRequestError, UserFacingError
 from bot.jobs import Job, JobRequest, JobState
@@ -31,15 +32,6 @@ from models.errors import ModelError
 logger = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
-    """Bad command-line input; exits 2 with the message."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump, never a traceback
-        raise UsageError(message)
-
-
 def parse_size(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
@@ -48,10 +40,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="imaginebot", description="Self-hosted /imagine bot: generate images safely.")
+    parser = Parser(prog="imaginebot", description="Self-hosted /imagine bot: generate images safely.")
     parser.add_argument("--version", action="version", version=f"imaginebot {__version__}")
     parser.add_argument("--config", type=Path, help="TOML settings file (default: $IMAGINEBOT_CONFIG)")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     gen = commands.add_parser("generate", help="generate images from a prompt (or one job per line of a file)")
     source = gen.add_mutually_exclusive_group(required=True)
@@ -75,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="finish the jobs a crash left queued or running")
     resume.add_argument("--json", action="store_true", help="print JSON")
+    cli_safety.add_parsers(commands)
     return parser
 
 
@@ -188,7 +181,7 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume}
+COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume, **cli_safety.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

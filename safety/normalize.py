@@ -177,6 +177,9 @@ def _collapsible(run: list[str], gaps: list[str]) -> bool:
 def _collapse(words: list[str], gaps: list[str]) -> list[str]:
     """Join runs of single characters separated by exactly one separator character.
 
+    A run keeps one separator throughout: in ``a n.u.d.e`` the article stays apart from the dotted
+    word. In a space-separated run, a leading one-letter English word (``a``, ``i``) stays apart too.
+
     Args:
         words: the words in order.
         gaps: ``gaps[i]`` is the text between ``words[i]`` and ``words[i + 1]``.
@@ -185,17 +188,31 @@ def _collapse(words: list[str], gaps: list[str]) -> list[str]:
     run: list[str] = []
     run_gaps: list[str] = []
     for i, word in enumerate(words):
-        if len(word) == 1 and (not run or len(gaps[i - 1]) == 1):
-            if run:
-                run_gaps.append(gaps[i - 1])
+        gap = gaps[i - 1] if i else ""
+        if len(word) == 1 and run and len(gap) == 1 and (not run_gaps or gap == run_gaps[0]):
+            run_gaps.append(gap)
             run.append(word)
             continue
-        out.extend(["".join(run)] if _collapsible(run, run_gaps) else run)
+        if len(word) == 1 and run and len(gap) == 1:  # the separator changed: start a new run
+            if _collapsible(run, run_gaps):
+                out.extend(_joined(run, run_gaps))
+                run, run_gaps = [word], []
+            else:
+                out.extend(run[:-1])
+                run, run_gaps = [run[-1], word], [gap]
+            continue
+        out.extend(_joined(run, run_gaps) if _collapsible(run, run_gaps) else run)
         run, run_gaps = ([word], []) if len(word) == 1 else ([], [])
         if len(word) != 1:
             out.append(word)
-    out.extend(["".join(run)] if _collapsible(run, run_gaps) else run)
+    out.extend(_joined(run, run_gaps) if _collapsible(run, run_gaps) else run)
     return out
+
+
+def _joined(run: list[str], gaps: list[str]) -> list[str]:
+    if gaps[0].isspace() and len(run) >= 4 and run[0] in ("a", "i"):
+        return [run[0], "".join(run[1:])]
+    return ["".join(run)]
 
 
 def _words(text: str) -> list[str]:

@@ -51,6 +51,8 @@ EVASIONS: list[tuple[str, PromptCategory]] = [
     ("pr0n pics", SEXUAL),
     ("n.u.d.e", SEXUAL),
     ("n u d e", SEXUAL),
+    ("a n.u.d.e woman", SEXUAL),  # the article must not glue onto the spelled-out word
+    ("a n u d e woman", SEXUAL),
     ("n-u-d-e", SEXUAL),
     ("n_u_d_e", SEXUAL),
     ("p*o*r*n", SEXUAL),
