@@ -14,7 +14,7 @@ from bot.config import Settings
 from bot.errors import IllegalTransitionError, QueueFullError
 from bot.jobs import JobRequest, JobState
 from bot.outputs import ImageStore
-from bot.service import ImagineService, JobUpdate, final_state
+from bot.service import ImagineService, JobUpdate, PromptGate, final_state
 from bot.storage import Storage
 from models.worker import Worker
 from safety.integrity import IntegrityStage
@@ -42,13 +42,16 @@ async def service_for(
     *,
     start: bool = True,
     policy: Policy | None = None,
+    prompt_gate: PromptGate | None = None,
     **settings: object,
 ) -> AsyncIterator[ImagineService]:
     s = replace(Settings(data_dir=tmp_path), **settings)  # type: ignore[arg-type]
     gen = generator or FakeGenerator()
     worker = Worker(lambda m: gen, policy or Policy([IntegrityStage()]), MetadataSigner(b"k" * 32))
     async with await Storage.open(s.db_path) as storage, worker:
-        service = ImagineService(s, storage, worker, ImageStore(s.images_dir), quantum=req().cost)
+        service = ImagineService(
+            s, storage, worker, ImageStore(s.images_dir), quantum=req().cost, prompt_gate=prompt_gate
+        )
         try:
             if start:
                 await service.start()
@@ -199,3 +202,22 @@ async def test_a_broken_listener_does_not_stop_the_service(tmp_path: Path) -> No
         service.subscribe(broken)
         job = await service.wait((await service.submit(req())).id)
         assert job.state is JobState.DONE
+
+
+async def test_a_blocked_prompt_is_refused_before_anything_is_queued(tmp_path: Path) -> None:
+    from bot.errors import PromptBlockedError
+    from safety.prompt_filter import PromptFilter
+    from safety.suite import GuildRules, PromptStage
+
+    gate = PromptStage(PromptFilter.default(), GuildRules(None))
+    async with service_for(tmp_path, prompt_gate=gate) as service:
+        bad = JobRequest.create("a n.u.d.e woman", model="fake", steps=2, width=64, height=64, guidance=1.0,
+                                guild_id="g1", user_id="u1")  # fmt: skip
+        with pytest.raises(PromptBlockedError, match="sexual content") as refused:
+            await service.submit(bad)
+        assert refused.value.category == "sexual"
+        assert await service.storage.list_jobs() == []
+        [entry] = await service.storage.audit_entries()
+        assert entry.action == "prompt_blocked" and entry.actor_id == "u1" and entry.detail["category"] == "sexual"
+        good = await service.submit(req())
+        assert (await service.wait(good.id)).state is JobState.DONE
