@@ -1,7 +1,8 @@
 """The safety policy: runs every configured stage on a batch and combines their verdicts.
 
-Fail closed: a stage that raises, returns the wrong number of verdicts, or was configured but
-could not load turns into a ``block`` verdict with the reason "safety check unavailable".
+Fail closed: a stage that raises, takes longer than the policy's timeout, returns the wrong number
+of verdicts, or was configured but could not load turns into a ``block`` verdict with the reason
+"safety check unavailable".
 A policy with no stages cannot be built: a check that checks nothing is a missing check.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Protocol
 
 from PIL import Image
@@ -16,6 +19,9 @@ from PIL import Image
 from safety.verdict import Verdict, combine
 
 logger = logging.getLogger(__name__)
+
+# Generous for CPU inference of a 4-image batch; a stage stuck longer than this blocks.
+DEFAULT_TIMEOUT = 120.0
 
 
 class CheckContext(Protocol):
@@ -56,13 +62,20 @@ class Policy:
         stages: the stages to run; at least one.
         unavailable: names of stages that are configured but could not load; while any is listed,
             every image is blocked.
+        timeout: seconds one stage may take for one batch before its images are blocked.
     """
 
-    def __init__(self, stages: Sequence[ImageStage], *, unavailable: Sequence[str] = ()) -> None:
+    def __init__(
+        self, stages: Sequence[ImageStage], *, unavailable: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         if not stages and not unavailable:
             raise ValueError("a safety policy needs at least one stage")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
         self._stages = tuple(stages)
         self._unavailable = tuple(unavailable)
+        self._timeout = timeout
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imaginebot-safety")
 
     @property
     def active_stages(self) -> tuple[str, ...]:
@@ -83,10 +96,16 @@ class Policy:
                 verdicts.append(verdict)
         return [combine(v) for v in per_image]
 
-    @staticmethod
-    def _run_stage(stage: ImageStage, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
+    def _run_stage(self, stage: ImageStage, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
+        future = self._runner.submit(stage.check, images, context)
         try:
-            verdicts = list(stage.check(images, context))
+            verdicts = list(future.result(timeout=self._timeout))
+        except FutureTimeout:
+            # The stuck call keeps its thread; later checks get a fresh one instead of queueing behind it.
+            logger.error("safety stage %s took longer than %.1f s", stage.name, self._timeout)
+            self._runner.shutdown(wait=False, cancel_futures=True)
+            self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imaginebot-safety")
+            return [Verdict.unavailable(stage.name, f"timed out after {self._timeout} s") for _ in images]
         except Exception as exc:  # fail closed: any error in a stage blocks, never skips
             logger.exception("safety stage %s raised", stage.name)
             return [Verdict.unavailable(stage.name, exc) for _ in images]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,6 +73,29 @@ def test_a_failing_stage_blocks_every_image(bad: Raising | Short) -> None:
     verdicts = Policy([Fixed("a", Decision.ALLOW), bad]).check([noise(1), noise(2)], Context())
     assert [v.decision for v in verdicts] == [Decision.BLOCK, Decision.BLOCK]
     assert all(v.reason == UNAVAILABLE_REASON and v.stage == bad.name for v in verdicts)
+
+
+class Slow:
+    name = "slow"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def check(self, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
+        time.sleep(self.seconds)
+        return [Verdict(Decision.ALLOW, self.name, "ok") for _ in images]
+
+
+def test_a_stage_that_times_out_blocks_and_does_not_hold_up_the_next_check() -> None:
+    slow = Slow(1.0)
+    policy = Policy([Fixed("a", Decision.ALLOW), slow], timeout=0.1)
+    [verdict] = policy.check([noise()], Context())
+    assert verdict.decision is Decision.BLOCK and verdict.stage == "slow" and verdict.reason == UNAVAILABLE_REASON
+    slow.seconds = 0.0
+    [verdict] = policy.check([noise()], Context())  # a fresh runner, not queued behind the stuck call
+    assert verdict.decision is Decision.ALLOW
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        Policy([slow], timeout=0)
 
 
 def test_an_unavailable_stage_blocks() -> None:
