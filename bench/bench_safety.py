@@ -18,11 +18,17 @@ CLIP: no pretrained weights are reachable here, so each ``--clip`` architecture 
 through the real ``ClipEncoder.load`` / ``build_suite`` path (``ClipSpec.pretrained`` may be a
 checkpoint path). Speed depends on the architecture, not on the weight values; the scores are
 meaningless. The first ``--clip`` model serves the realism scorer and the full policy.
+
+Face stage rows: every detector (NudeNet as ``NudeNetFaceDetector.load`` builds it; the same
+model with onnxruntime's spin-wait turned off, to show what its idle threads cost the torch pass
+that follows on a small CPU; dlib's HOG) times every gallery (empty; the astronaut protected, so
+each face is embedded) times every realism scorer (None; ``ClipRealism``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import statistics
@@ -36,6 +42,7 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import TypeVar
 
+import onnxruntime as ort
 import open_clip
 import torch
 from PIL import Image, ImageOps
@@ -215,16 +222,36 @@ def bench_nsfw(bench: Bench, models: Sequence[str]) -> dict[str, tuple[ClipSpec,
     return encoders
 
 
+def nudenet_without_spinning(threads: int) -> NudeNetFaceDetector:
+    """The same 320n detector with onnxruntime's spin-wait off (``NudeNetFaceDetector.load`` leaves it on).
+
+    By default onnxruntime's idle threads keep spinning for a while after each run; on a 2-core CPU
+    they then compete with the torch CLIP pass that follows. This variant shows what that costs.
+    """
+    spec = importlib.util.find_spec("nudenet")
+    if spec is None or not spec.submodule_search_locations:
+        raise StageUnavailableError("the nudenet package is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "320n.onnx"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return NudeNetFaceDetector(session, version="nudenet-320n:no-spin")
+
+
 def load_detectors(bench: Bench, threads: int) -> dict[str, FaceDetector]:
+    """NudeNet as the suite loads it, NudeNet without onnxruntime's spin-wait, and dlib's HOG."""
     detectors: dict[str, FaceDetector] = {}
     try:
-        detectors["nudenet"] = bench.timed(
-            "NudeNetFaceDetector.load", partial(NudeNetFaceDetector.load, threads=threads)
-        )
+        load = partial(NudeNetFaceDetector.load, threads=threads)
+        detectors["nudenet"] = bench.timed("NudeNetFaceDetector.load", load)
+        detectors["nudenet ORT-spin-off"] = nudenet_without_spinning(threads)
     except StageUnavailableError as exc:
         bench.notes.append(f"NudeNet face detector skipped: {exc}")
     detectors["hog"] = HogFaceDetector()
     for name, detector in detectors.items():
+        if name == "nudenet ORT-spin-off":
+            continue  # same model, same boxes
         found = ", ".join(f"{photo} {len(detector.detect(image))}" for photo, image in bench.photos.items())
         bench.notes.append(f"faces found by {name}: {found}")
     return detectors
@@ -290,9 +317,11 @@ def bench_policy(bench: Bench, spec: ClipSpec) -> None:
     suite.gallery.add(
         PROTECTED_NAME, [bench.astronaut], guild_id=PROTECTED_GUILD, embedder=suite.embedder, detector=suite.detector
     )
-    bench.notes.append(
-        "full policy = build_suite(...).policy: " + "; ".join(f"{s.name}: {s.detail}" for s in suite.statuses)
-    )
+    (verdict,) = suite.policy.check([bench.astronaut], bench.request(PROTECTED_GUILD))
+    if verdict.decision is not Decision.BLOCK:
+        raise RuntimeError(f"the full policy did not block the protected astronaut: {verdict}")
+    statuses = "; ".join(f"{s.name}: {s.detail}" for s in suite.statuses)
+    bench.notes.append(f"full policy = build_suite(...).policy: {statuses}; face detector {suite.detector.version}")
     for label, context in (
         ("nobody protected", bench.request()),
         ("astronaut protected", bench.request(PROTECTED_GUILD)),
@@ -314,12 +343,13 @@ def fmt_ms(ms: float) -> str:
 
 def print_table(title: str, rows: Sequence[Row], baseline: Row, batch: int) -> None:
     print(title)
-    header = f"{'stage':<64}{'ms/img b1':>11}{f'ms/img b{batch}':>11}{'xPNG b1':>10}{f'xPNG b{batch}':>10}"
+    width = max(len(row.stage) for row in rows) + 2
+    header = f"{'stage':<{width}}{'ms/img b1':>11}{f'ms/img b{batch}':>11}{'xPNG b1':>10}{f'xPNG b{batch}':>10}"
     print(header)
     print("-" * len(header))
     for row in rows:
         ratios = f"{row.batch1 / baseline.batch1:.3g}x", f"{row.batch_n / baseline.batch_n:.3g}x"
-        print(f"{row.stage:<64}{fmt_ms(row.batch1):>11}{fmt_ms(row.batch_n):>11}{ratios[0]:>10}{ratios[1]:>10}")
+        print(f"{row.stage:<{width}}{fmt_ms(row.batch1):>11}{fmt_ms(row.batch_n):>11}{ratios[0]:>10}{ratios[1]:>10}")
     print()
 
 
@@ -329,7 +359,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per batch in the batched column")
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per figure (median), after a warm-up")
     parser.add_argument("--clip", nargs="+", default=["ViT-B-32"], help="CLIP architectures for the NSFW stage")
-    parser.add_argument("--threads", type=int, default=None, help="torch and face-detector threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads, and onnxruntime threads of the measured NudeNet detectors (build_suite's uses every core)",
+    )
     args = parser.parse_args(argv)
     for name in ("size", "batch", "repeat", "threads"):
         value = getattr(args, name)
@@ -339,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-safety-") as tmp:
         bench = Bench(load_photos(args.size), args.batch, args.repeat, Path(tmp))
         baseline = bench.per_image(lambda b: [encode_png(image) for image in b], bench.pool)
@@ -366,7 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"CPU count {cpus} ({usable} usable); torch.get_num_threads() = {torch.get_num_threads()}; "
-        f"torch {torch.__version__}, open_clip {open_clip.__version__}"
+        f"torch {torch.__version__}, open_clip {open_clip.__version__}; 1-minute load average "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (this run alone adds up to ~2: other work "
+        "on the machine skews every figure)"
     )
     print("CLIP weights are RANDOMLY INITIALISED (open_clip.create_model(name, pretrained=None)): pretrained weights "
           "are not available offline. Speed depends on the architecture, not on the weight values, so the timings "
