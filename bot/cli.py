@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="finish the jobs a crash left queued or running")
     resume.add_argument("--json", action="store_true", help="print JSON")
+    commands.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
     cli_safety.add_parsers(commands)
     return parser
 
@@ -181,7 +182,14 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume, **cli_safety.COMMANDS}
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.chat.client import run_bot  # imports discord: only for this command
+
+    await run_bot(settings)
+    return 0
+
+
+COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume, "run": _run, **cli_safety.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,6 +111,28 @@ def _parse_stages(name: str, raw: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(stages))
 
 
+def _parse_ids(name: str, raw: object) -> tuple[int, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    ids = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise ConfigError(f"{name}: {text!r} is not a Discord id (digits only)")
+        ids.append(int(text))
+    return tuple(ids)
+
+
+def _parse_optional_url(name: str, raw: object) -> str | None:
+    if raw is None or raw == "":
+        return None
+    url = _parse_str(name, raw)
+    if not url.startswith(("http://", "https://", "ws://", "wss://")):
+        raise ConfigError(f"{name}: {url!r} must start with http(s):// or ws(s)://")
+    return url.rstrip("/")
+
+
 def _parse_optional_str(name: str, raw: object) -> str | None:
     return None if raw is None or raw == "" else _parse_str(name, raw)
 
@@ -152,6 +174,13 @@ FIELDS: dict[str, FieldSpec] = {
         _parse_choice("auto", "nudenet", "hog"),
         "Face detector for the deepfake filter: auto = NudeNet's if the [nudenet] extra is installed, else dlib HOG.",
     ),
+    "discord_guilds": FieldSpec(
+        _parse_ids, "Guild ids to sync slash commands to (instant); empty = sync globally (can take an hour)."
+    ),
+    "discord_api_base": FieldSpec(
+        _parse_optional_url, "Discord REST base URL, e.g. a nirn-proxy (default: Discord's own /api/v10)."
+    ),
+    "discord_gateway_url": FieldSpec(_parse_optional_url, "Discord gateway URL, e.g. a gateway proxy."),
     "log_level": FieldSpec(_parse_choice("debug", "info", "warning", "error"), "Logging level of the process."),
     "discord_token": FieldSpec(
         _parse_secret, "Discord bot token (also read from DISCORD_TOKEN). Never printed or logged."
@@ -175,6 +204,9 @@ class Settings:
     safety_stages: tuple[str, ...] = ("prompt", "integrity", "nsfw", "faces")
     clip_model: str = "ViT-B-32:laion2b_s34b_b79k"
     face_detector: str = "auto"
+    discord_guilds: tuple[int, ...] = ()
+    discord_api_base: str | None = None
+    discord_gateway_url: str | None = None
     log_level: str = "warning"
     discord_token: Secret | None = None
 

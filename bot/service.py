@@ -180,6 +180,20 @@ class ImagineService:
         self._wakeup.set()
         return job
 
+    async def precheck(self, request: JobRequest, *, enforce_caps: bool = True) -> None:
+        """Run the prompt filter and the caps without queueing anything (front ends answer privately).
+
+        Raises:
+            PromptBlockedError: the prompt is blocked.
+            QueueFullError: a cap is reached.
+        """
+        await self._check_prompt(request)
+        if enforce_caps:
+            self._check_caps(request)
+
+    def queued_for_guild(self, guild_id: str) -> int:
+        return self._scheduler.queued_for_guild(guild_id)
+
     async def _check_prompt(self, request: JobRequest) -> None:
         if self._prompt_gate is None:
             return

@@ -1,0 +1,66 @@
+"""Persistent buttons under a result: U1-U4, Reroll and Cancel.
+
+Persistent buttons need ``timeout=None`` and a stable ``custom_id`` (discord.py's persistent-view
+example says so too); we use ``DynamicItem`` so the ``custom_id`` itself carries the job id and the
+image index (``ib:<action>:<job>[:<index>]``), and a click after a restart still finds its job.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+if TYPE_CHECKING:
+    from bot.chat.imagine import ImagineCog
+
+ACTIONS = {"u": "upscale", "r": "reroll", "x": "cancel"}
+
+
+TEMPLATE = r"ib:(?P<action>[urx]):(?P<job>[0-9a-z]+)(?::(?P<index>[0-3]))?"
+
+
+class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLATE):
+    """A button that acts on one job (or one image of it)."""
+
+    def __init__(self, action: str, job_id: str, index: int | None = None, *, label: str | None = None) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown button action {action!r}")
+        custom_id = f"ib:{action}:{job_id}" + (f":{index}" if index is not None else "")
+        style = discord.ButtonStyle.danger if action == "x" else discord.ButtonStyle.secondary
+        super().__init__(discord.ui.Button(label=label or action, style=style, custom_id=custom_id))
+        self.action = action
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> JobButton:
+        index = match["index"]
+        label = item.label if isinstance(item, discord.ui.Button) else None
+        return cls(match["action"], match["job"], int(index) if index is not None else None, label=label)
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog: ImagineCog | None = interaction.client.get_cog("ImagineCog")
+        if cog is None:
+            await interaction.response.send_message("The bot is still starting; try again shortly.", ephemeral=True)
+            return
+        await cog.on_button(interaction, self.action, self.job_id, self.index)
+
+
+def result_view(job_id: str, images: int, *, allowed: list[int]) -> discord.ui.View:
+    """U buttons for the images that were allowed, then Reroll."""
+    view = discord.ui.View(timeout=None)
+    for index in range(images):
+        if index in allowed:
+            view.add_item(JobButton("u", job_id, index, label=f"U{index + 1}"))
+    view.add_item(JobButton("r", job_id, label="🔄 Reroll"))
+    return view
+
+
+def progress_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton("x", job_id, label="Cancel"))
+    return view

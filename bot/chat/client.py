@@ -1,0 +1,88 @@
+"""The Discord client: opens the service in ``setup_hook``, registers the cog and buttons, syncs commands."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import open_service
+from bot.chat.buttons import JobButton
+from bot.chat.imagine import ImagineCog
+from bot.config import Settings
+from bot.errors import ConfigError, UserFacingError
+
+logger = logging.getLogger(__name__)
+
+
+def use_endpoints(settings: Settings) -> None:
+    """Point discord.py at a REST proxy and/or gateway proxy (or the tests' fake Discord)."""
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+class ImagineBot(commands.Bot):
+    """imaginebot in Discord. Async setup lives in :meth:`setup_hook`, never in ``__init__``."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),
+                         allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+                         **options)  # fmt: skip
+        self.settings = settings
+        self._resources = AsyncExitStack()
+
+    async def setup_hook(self) -> None:
+        service = await self._resources.enter_async_context(open_service(self.settings))
+        await self.add_cog(ImagineCog(self, service))
+        self.add_dynamic_items(JobButton)
+        self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        """Sync to the configured guilds (instant), or globally when none are configured."""
+        if not self.settings.discord_guilds:
+            await self.tree.sync()
+            return
+        for guild_id in self.settings.discord_guilds:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        """Nothing raises into the void: log with context, tell the user briefly and privately."""
+        cause = getattr(error, "original", error)
+        if isinstance(cause, UserFacingError):
+            message = cause.message
+        elif isinstance(error, app_commands.CheckFailure):
+            message = "You can't use this command here."
+        else:
+            command = interaction.command.qualified_name if interaction.command else "?"
+            logger.error("/%s by %s in guild %s failed", command, interaction.user.id, interaction.guild_id,
+                         exc_info=cause)  # fmt: skip
+            message = "Something went wrong on our side. Please try again."
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+
+    async def close(self) -> None:
+        await super().close()
+        await self._resources.aclose()
+
+
+async def run_bot(settings: Settings) -> None:
+    """Start the bot with the configured token (``imaginebot run``)."""
+    if settings.discord_token is None:
+        raise ConfigError("IMAGINEBOT_DISCORD_TOKEN (or DISCORD_TOKEN) is not set: the bot needs a token to run")
+    use_endpoints(settings)
+    async with ImagineBot(settings) as bot:
+        await bot.start(settings.discord_token.get())

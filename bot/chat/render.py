@@ -1,0 +1,62 @@
+"""What the bot's messages say: sizes for aspect ratios, queue/progress/result text. Pure functions."""
+
+from __future__ import annotations
+
+import math
+
+from bot.jobs import Job, JobState
+
+ASPECTS: dict[str, tuple[int, int]] = {"1:1": (1, 1), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9), "9:16": (9, 16)}
+
+
+def size_for(aspect: str, base: int) -> tuple[int, int]:
+    """Width and height (multiples of 64) with about ``base``² pixels in the given aspect ratio.
+
+    Raises:
+        ValueError: an aspect ratio that is not offered.
+    """
+    if aspect not in ASPECTS:
+        raise ValueError(f"aspect {aspect!r} is not one of {', '.join(ASPECTS)}")
+    a, b = ASPECTS[aspect]
+    width = max(64, round(base * math.sqrt(a / b) / 64) * 64)
+    height = max(64, round(base * math.sqrt(b / a) / 64) * 64)
+    return width, height
+
+
+def queued_text(prompt: str, position: int | None, eta: float | None) -> str:
+    where = f"position {position} in this server's queue" if position else "starting"
+    when = f", about {eta:.0f} s" if eta is not None else ""
+    return f"**{_clip(prompt)}** — queued ({where}{when})"
+
+
+def progress_text(prompt: str, step: int, total: int) -> str:
+    filled = round(10 * step / max(total, 1))
+    return f"**{_clip(prompt)}** — generating `{'█' * filled}{'░' * (10 - filled)}` step {step}/{total}"
+
+
+def result_text(job: Job, mention: str | None = None) -> str:
+    r = job.request
+    head = f"{mention} " if mention else ""
+    return (
+        f"{head}**{_clip(r.prompt)}**\n"
+        f"seed `{r.seed}` · {r.width}x{r.height} · {r.steps} steps · guidance {r.guidance:g} · `{r.model}`"
+    )
+
+
+_ENDINGS = {
+    JobState.FLAGGED: "was held for a moderator to review. You'll hear back once it has been looked at.",
+    JobState.BLOCKED: "was blocked by the safety filter: {reason}",
+    JobState.FAILED: "could not be generated. Please try again in a moment.",
+    JobState.CANCELLED: "was cancelled.",
+}
+
+
+def ending_text(job: Job, reason: str = "") -> str:
+    """What the requester sees when a job ends without a posted result."""
+    template = _ENDINGS.get(job.state, "finished.")
+    return f"**{_clip(job.request.prompt)}** " + template.format(reason=reason or "it did not pass.")
+
+
+def _clip(prompt: str, limit: int = 180) -> str:
+    text = prompt.replace("*", "").replace("`", "'")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

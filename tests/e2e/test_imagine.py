@@ -1,0 +1,141 @@
+"""/imagine end to end: the real discord.py client, the real service and tiny model, a fake Discord."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.chat.client import ImagineBot
+from bot.config import Settings
+from tests.e2e.fake_discord import FakeDiscord
+from tests.e2e.fake_models import JSON, FakeGuild, Permission
+from tests.e2e.harness import running
+
+
+@pytest.fixture
+def settings(tmp_path: Path, discord_guild: FakeGuild) -> Settings:
+    return replace(Settings(data_dir=tmp_path), safety_stages=("prompt", "integrity"),
+                   discord_guilds=(discord_guild.id,))  # fmt: skip
+
+
+def channel_of(guild: FakeGuild) -> int:
+    return next(iter(guild.channels.values())).id
+
+
+def custom_ids(message: JSON) -> list[str]:
+    return [c["custom_id"] for row in message.get("components", []) for c in row.get("components", [])]
+
+
+@pytest.fixture
+async def bot(settings: Settings, discord_server: FakeDiscord) -> AsyncIterator[ImagineBot]:
+    client = ImagineBot(settings, guild_ready_timeout=0.05)
+    async with running(client, discord_server.token, timeout=60):
+        yield client
+
+
+async def imagine(server: FakeDiscord, guild: FakeGuild, user: Any, **options: Any) -> Any:
+    return await server.slash(guild.id, channel_of(guild), user, "imagine", options)
+
+
+async def final_message(server: FakeDiscord, record: Any) -> JSON:
+    path = server.webhook_path(record) + "/messages/@original"
+    await server.wait_for(lambda c: c.method == "PATCH" and c.path == path and bool(c.files), timeout=60)
+    message = server.original_message(record)
+    assert message is not None
+    return message
+
+
+async def test_imagine_defers_then_posts_the_grid_with_buttons(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    commands = {c["name"] for c in discord_server.commands(discord_guild.id)}
+    assert {"imagine", "queue"} <= commands
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    record = await imagine(discord_server, discord_guild, alice, prompt="a lighthouse at dusk", count=2, seed=7)
+    callback = await discord_server.wait_for_response(record)
+    assert callback.json["type"] == 5  # deferred, exactly once
+    message = await final_message(discord_server, record)
+    ids = custom_ids(message)
+    job_id = ids[0].split(":")[2]
+    assert ids == [f"ib:u:{job_id}:0", f"ib:u:{job_id}:1", f"ib:r:{job_id}"]
+    assert "seed `7`" in message["content"] and "a lighthouse at dusk" in message["content"]
+    [attachment] = message["attachments"]
+    assert discord_server.attachment_bytes(attachment).startswith(b"\x89PNG")
+    assert len(discord_server.calls_to("POST", f"/interactions/{record.id}")) == 1
+    assert discord_server.unknown_calls == []
+
+    # U2 posts that image alone, by anyone in the channel.
+    bob = discord_server.add_member(discord_guild.id, name="bob")
+    click = await discord_server.click(discord_guild.id, channel_of(discord_guild), bob, message, f"ib:u:{job_id}:1")
+    answer = await discord_server.wait_for_response(click)
+    assert answer.json["type"] == 4 and "Image 2" in answer.json["data"]["content"] and answer.files
+
+
+async def test_bad_options_and_blocked_prompts_get_private_errors(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    record = await imagine(discord_server, discord_guild, alice, prompt="a n.u.d.e woman")
+    answer = await discord_server.wait_for_response(record)
+    assert answer.json["type"] == 4 and answer.json["data"]["flags"] & 64
+    assert "sexual content" in answer.json["data"]["content"]
+    record = await imagine(discord_server, discord_guild, alice, prompt="a cat", model="sdxl")
+    answer = await discord_server.wait_for_response(record)
+    assert answer.json["data"]["flags"] & 64 and "is not available here" in answer.json["data"]["content"]
+
+
+async def test_cancel_is_refused_to_strangers_and_allowed_to_the_requester(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    mallory = discord_server.add_member(discord_guild.id, name="mallory")
+    record = await imagine(discord_server, discord_guild, alice, prompt="a slow painting", steps=150, count=4)
+    path = discord_server.webhook_path(record) + "/messages/@original"
+    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
+    message = discord_server.original_message(record)
+    assert message is not None
+    [cancel_id] = [i for i in custom_ids(message) if i.startswith("ib:x:")]
+    channel = channel_of(discord_guild)
+    refused = await discord_server.click(discord_guild.id, channel, mallory, message, cancel_id)
+    answer = await discord_server.wait_for_response(refused)
+    assert answer.json["data"]["flags"] & 64 and "Only the person who asked" in answer.json["data"]["content"]
+    accepted = await discord_server.click(discord_guild.id, channel, alice, message, cancel_id)
+    answer = await discord_server.wait_for_response(accepted)
+    assert "Cancelling" in answer.json["data"]["content"]
+    await discord_server.wait_for(
+        lambda c: c.method == "PATCH" and c.path == path and "was cancelled" in str(c.json), timeout=60
+    )
+
+
+async def test_buttons_work_after_a_restart(
+    settings: Settings, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    first = ImagineBot(settings, guild_ready_timeout=0.05)
+    async with running(first, discord_server.token, timeout=60):
+        record = await imagine(discord_server, discord_guild, alice, prompt="a red circle", count=1, seed=3)
+        message = await final_message(discord_server, record)
+    second = ImagineBot(settings, guild_ready_timeout=0.05)
+    async with running(second, discord_server.token, timeout=60):
+        [upscale] = [i for i in custom_ids(message) if i.startswith("ib:u:")]
+        click = await discord_server.click(discord_guild.id, channel_of(discord_guild), alice, message, upscale)
+        answer = await discord_server.wait_for_response(click)
+        assert answer.json["type"] == 4 and answer.files
+
+
+async def test_moderators_may_cancel(bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild) -> None:
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    mod = discord_server.add_member(discord_guild.id, name="mod", permissions=Permission.MANAGE_MESSAGES)
+    record = await imagine(discord_server, discord_guild, alice, prompt="a long job", steps=150, count=4)
+    path = discord_server.webhook_path(record) + "/messages/@original"
+    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
+    message = discord_server.original_message(record)
+    assert message is not None
+    [cancel_id] = [i for i in custom_ids(message) if i.startswith("ib:x:")]
+    click = await discord_server.click(discord_guild.id, channel_of(discord_guild), mod, message, cancel_id)
+    answer = await discord_server.wait_for_response(click)
+    assert "Cancelling" in answer.json["data"]["content"]
