@@ -118,3 +118,11 @@ def test_batch_mode_queues_one_job_per_line(tmp_path: Path) -> None:
     records = json.loads(result.stdout)
     assert [r["prompt"] for r in records] == ["a red circle", "a blue square", "a green star"]
     assert all(r["state"] == "done" and len(r["outputs"]) == 1 for r in records)
+
+
+def test_run_needs_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("IMAGINEBOT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.delenv("IMAGINEBOT_DISCORD_TOKEN", raising=False)
+    assert main(["run"]) == 2
+    assert "needs a token" in capsys.readouterr().err
