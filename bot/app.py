@@ -87,6 +87,8 @@ async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
     try:
         signer = MetadataSigner.from_key_file(settings.keys_dir / "provenance.key")
         safety = await asyncio.to_thread(build_safety, settings)
+        logger.info("safety stages: %s", ", ".join(f"{s.name} ({'active' if s.active else 'UNAVAILABLE'})"
+                                                   for s in safety.statuses))  # fmt: skip
         for status in safety.unavailable:
             logger.error("safety stage %s unavailable: every image will be blocked (%s)", status.name, status.detail)
         worker = Worker(lambda model: load_generator(settings, model), safety.policy, signer)

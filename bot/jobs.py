@@ -95,6 +95,7 @@ class JobRequest:
     user_id: str
     channel_id: str | None = None
     parent_job_id: str | None = None
+    age_restricted: bool = False  # from an age-restricted channel: suggestive (never explicit) may pass
 
     @classmethod
     def create(
@@ -113,6 +114,7 @@ class JobRequest:
         user_id: str = "local",
         channel_id: str | None = None,
         parent_job_id: str | None = None,
+        age_restricted: bool = False,
     ) -> JobRequest:
         """Validate every option; raise :class:`InvalidRequestError` naming the bad one."""
         prompt = prompt.strip()
@@ -151,6 +153,7 @@ class JobRequest:
             user_id=user_id,
             channel_id=channel_id,
             parent_job_id=parent_job_id,
+            age_restricted=age_restricted,
         )
 
     @property
@@ -190,7 +193,7 @@ class Job:
         finished = at if target.finished else self.finished_at
         return replace(self, state=target, updated_at=at, started_at=started, finished_at=finished, error=error)
 
-    def generation_request(self, *, strictness: str = "standard", allow_suggestive: bool = False) -> GenerationRequest:
+    def generation_request(self, *, strictness: str = "standard") -> GenerationRequest:
         r = self.request
         return GenerationRequest(
             job_id=self.id,
@@ -204,5 +207,5 @@ class Job:
             model=r.model,
             guild_id=r.guild_id,
             strictness=strictness,
-            allow_suggestive=allow_suggestive,
+            allow_suggestive=r.age_restricted,
         )

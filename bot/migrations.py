@@ -108,7 +108,12 @@ _V2 = """
 ALTER TABLE outputs ADD COLUMN preview_path TEXT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# v3: the request came from an age-restricted channel (may allow suggestive content, never more).
+_V3 = """
+ALTER TABLE jobs ADD COLUMN age_restricted INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 """Migration scripts in order; the schema version of a fully migrated database is ``len(MIGRATIONS)``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -198,7 +198,7 @@ class ImagineService:
         if self._prompt_gate is None:
             return
         context = PromptContext(request.prompt, request.guild_id, await self._strictness(request.guild_id),
-                                False, request.width, request.height)  # fmt: skip
+                                request.age_restricted, request.width, request.height)  # fmt: skip
         verdict = self._prompt_gate.check_prompt(context)  # microseconds: fine on the loop
         if verdict.decision == "block":
             await self.storage.audit(

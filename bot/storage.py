@@ -74,6 +74,7 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         user_id=row["user_id"],
         channel_id=row["channel_id"],
         parent_job_id=row["parent_job_id"],
+        age_restricted=bool(row["age_restricted"]),
     )
     return Job(
         id=row["id"],
@@ -239,13 +240,13 @@ class Storage:
                 await db.execute(
                     "INSERT INTO jobs (id, guild_id, channel_id, user_id, prompt, negative_prompt, seed, steps,"
                     " width, height, count, guidance, model, parent_job_id, state, error, grid_path,"
-                    " created_at, updated_at, started_at, finished_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, updated_at, started_at, finished_at, age_restricted)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.id, r.guild_id, r.channel_id, r.user_id, r.prompt, r.negative_prompt, r.seed,
                         r.steps, r.width, r.height, r.count, r.guidance, r.model, r.parent_job_id,
                         job.state.value, job.error, job.grid_path,
-                        job.created_at, job.updated_at, job.started_at, job.finished_at,
+                        job.created_at, job.updated_at, job.started_at, job.finished_at, int(r.age_restricted),
                     ),
                 )  # fmt: skip
                 await db.execute(

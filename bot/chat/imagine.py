@@ -154,6 +154,7 @@ class ImagineCog(commands.Cog):
                 r.prompt, model=r.model, negative_prompt=r.negative_prompt, steps=r.steps, width=r.width,
                 height=r.height, count=r.count, guidance=r.guidance, guild_id=str(interaction.guild_id),
                 user_id=str(interaction.user.id), channel_id=str(interaction.channel_id), parent_job_id=job.id,
+                age_restricted=_age_restricted(interaction),
             )  # fmt: skip
             await self.service.precheck(request)
         except UserFacingError as exc:
@@ -188,7 +189,7 @@ class ImagineCog(commands.Cog):
             prompt, model=default, negative_prompt=negative or "", seed=seed, steps=steps or preset.steps,
             width=width, height=height, count=count, guidance=preset.guidance if guidance is None else guidance,
             guild_id=str(interaction.guild_id), user_id=str(interaction.user.id),
-            channel_id=str(interaction.channel_id),
+            channel_id=str(interaction.channel_id), age_restricted=_age_restricted(interaction),
         )  # fmt: skip
 
     async def _start(self, interaction: discord.Interaction[Any], request: JobRequest) -> None:
@@ -279,6 +280,12 @@ class ImagineCog(commands.Cog):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("delivering a job update failed", exc_info=task.exception())
+
+
+def _age_restricted(interaction: discord.Interaction[Any]) -> bool:
+    """Discord's own age-restricted ("NSFW") channel flag."""
+    channel = interaction.channel
+    return bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
 
 
 def _may_moderate(interaction: discord.Interaction[Any], job: Job) -> bool:

@@ -221,3 +221,23 @@ async def test_a_blocked_prompt_is_refused_before_anything_is_queued(tmp_path: P
         assert entry.action == "prompt_blocked" and entry.actor_id == "u1" and entry.detail["category"] == "sexual"
         good = await service.submit(req())
         assert (await service.wait(good.id)).state is JobState.DONE
+
+
+async def test_age_restricted_channels_relax_suggestive_prompts_only(tmp_path: Path) -> None:
+    from safety.prompt_filter import PromptFilter
+    from safety.suite import GuildRules, PromptStage
+
+    gate = PromptStage(PromptFilter.default(), GuildRules(None))
+    policy = Policy([IntegrityStage(), gate])
+    async with service_for(tmp_path, policy=policy, prompt_gate=gate) as service:
+
+        def pinup(age_restricted: bool) -> JobRequest:
+            return JobRequest.create(
+                "a sexy pinup poster", model="fake", steps=2, width=64, height=64, guidance=1.0, guild_id="g",
+                user_id=f"u{age_restricted}", age_restricted=age_restricted,
+            )  # fmt: skip
+
+        normal = await service.wait((await service.submit(pinup(False))).id)
+        relaxed = await service.wait((await service.submit(pinup(True))).id)
+        assert normal.state is JobState.FLAGGED and relaxed.state is JobState.DONE
+        assert (await service.storage.get_job(relaxed.id)).request.age_restricted is True
