@@ -111,6 +111,35 @@ class ImagineCog(commands.Cog):
         text = "\n".join(lines) if lines else "You have nothing queued."
         await interaction.response.send_message(f"{text}\nJobs waiting in this server: {guild_total}", ephemeral=True)
 
+    @app_commands.command(name="cancel")
+    @app_commands.guild_only()
+    async def cancel(self, interaction: discord.Interaction[Any], job: str | None = None) -> None:
+        """Cancel one of your queued or running jobs.
+
+        Args:
+            job: The job id (see /queue); your most recent job if left out.
+        """
+        mine = await self.service.storage.list_jobs(limit=1, user_id=str(interaction.user.id),
+                                                    states={JobState.QUEUED, JobState.RUNNING})  # fmt: skip
+        if job is None and not mine:
+            await interaction.response.send_message("You have nothing queued or running.", ephemeral=True)
+            return
+        try:
+            target = await self.service.storage.get_job(job) if job else mine[0]
+        except JobNotFoundError:
+            await interaction.response.send_message(f"There is no job `{(job or '')[:40]}`.", ephemeral=True)
+            return
+        await self._cancel(interaction, target)
+
+    @app_commands.command(name="history")
+    @app_commands.guild_only()
+    async def history(self, interaction: discord.Interaction[Any]) -> None:
+        """Your recent jobs in this server, with their seeds."""
+        jobs = await self.service.storage.list_jobs(limit=10, user_id=str(interaction.user.id),
+                                                    guild_id=str(interaction.guild_id))  # fmt: skip
+        lines = [f"`{j.id}` {j.state} · seed `{j.request.seed}` · {j.request.prompt[:70]}" for j in jobs]
+        await interaction.response.send_message("\n".join(lines) or "No jobs yet.", ephemeral=True)
+
     def _queue_line(self, job: Job) -> str:
         if job.state is JobState.RUNNING:
             return f"`{job.id}` running — {job.request.prompt[:60]}"
@@ -246,6 +275,7 @@ class ImagineCog(commands.Cog):
                 return
             except discord.HTTPException as exc:  # e.g. the token expired early: fall back to the channel
                 logger.warning("editing the response of %s failed (%s); posting in the channel", job_id, exc)
+                content, files, view = await self._final_message(job)  # the failed upload consumed the files
         await self._post_in_channel(job, content, files, view)
 
     async def _final_message(self, job: Job) -> tuple[str, list[discord.File], discord.ui.View | None]:

@@ -139,3 +139,41 @@ async def test_moderators_may_cancel(bot: ImagineBot, discord_server: FakeDiscor
     click = await discord_server.click(discord_guild.id, channel_of(discord_guild), mod, message, cancel_id)
     answer = await discord_server.wait_for_response(click)
     assert "Cancelling" in answer.json["data"]["content"]
+
+
+async def test_an_expired_token_falls_back_to_a_channel_message(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    record = await imagine(discord_server, discord_guild, alice, prompt="a blue square", steps=40, count=2)
+    path = discord_server.webhook_path(record) + "/messages/@original"
+    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
+    discord_server.expire_token(record.token)
+    posted = await discord_server.wait_for(
+        lambda c: c.method == "POST" and c.path == f"/channels/{channel_of(discord_guild)}/messages", timeout=60
+    )
+    assert f"<@{alice.user.id}>" in posted.json["content"] and posted.files
+    assert any(i.startswith("ib:r:") for i in custom_ids(posted.response))
+
+
+async def test_queue_history_and_cancel_commands(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    channel = channel_of(discord_guild)
+    empty = await discord_server.slash(discord_guild.id, channel, alice, "cancel", {})
+    assert "nothing queued" in (await discord_server.wait_for_response(empty)).json["data"]["content"]
+    record = await imagine(discord_server, discord_guild, alice, prompt="a green star", steps=150, count=4, seed=11)
+    path = discord_server.webhook_path(record) + "/messages/@original"
+    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
+    queue = await discord_server.slash(discord_guild.id, channel, alice, "queue", {})
+    answer = (await discord_server.wait_for_response(queue)).json["data"]
+    assert answer["flags"] & 64 and "a green star" in answer["content"]
+    cancel = await discord_server.slash(discord_guild.id, channel, alice, "cancel", {})
+    assert "Cancelling" in (await discord_server.wait_for_response(cancel)).json["data"]["content"]
+    await discord_server.wait_for(
+        lambda c: c.method == "PATCH" and c.path == path and "was cancelled" in str(c.json), timeout=60
+    )
+    history = await discord_server.slash(discord_guild.id, channel, alice, "history", {})
+    text = (await discord_server.wait_for_response(history)).json["data"]["content"]
+    assert "cancelled" in text and "seed `11`" in text
