@@ -113,7 +113,20 @@ _V3 = """
 ALTER TABLE jobs ADD COLUMN age_restricted INTEGER NOT NULL DEFAULT 0;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# v4: members' votes for their favourite image of a grid; one vote per member per grid.
+_V4 = """
+CREATE TABLE votes (
+    job_id   TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    user_id  TEXT NOT NULL,
+    guild_id TEXT NOT NULL,
+    idx      INTEGER NOT NULL,
+    at       REAL NOT NULL,
+    PRIMARY KEY (job_id, user_id)
+) STRICT;
+CREATE INDEX votes_guild_at ON votes (guild_id, at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 """Migration scripts in order; the schema version of a fully migrated database is ``len(MIGRATIONS)``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

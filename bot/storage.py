@@ -549,6 +549,35 @@ class Storage:
                 (time.time(), guild_id, actor_id, action, target, text),
             )
 
+    # -- votes --------------------------------------------------------------------------------------
+
+    async def vote(self, job_id: str, user_id: str, index: int, *, guild_id: str) -> dict[int, int]:
+        """Record (or move) a member's vote on a grid; returns the tally by image index."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO votes (job_id, user_id, guild_id, idx, at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (job_id, user_id) DO UPDATE SET idx = excluded.idx, at = excluded.at",
+                (job_id, user_id, guild_id, index, time.time()),
+            )
+            async with db.execute(
+                "SELECT idx, COUNT(*) AS n FROM votes WHERE job_id = ? GROUP BY idx", (job_id,)
+            ) as cursor:
+                return _tally(list(await cursor.fetchall()))
+
+    async def tally(self, job_id: str) -> dict[int, int]:
+        rows = await self._fetchall("SELECT idx, COUNT(*) AS n FROM votes WHERE job_id = ? GROUP BY idx", (job_id,))
+        return _tally(rows)
+
+    async def top_voted(self, guild_id: str, *, since: float, limit: int = 10) -> list[tuple[str, int, int]]:
+        """``(job_id, index, votes)`` of the most-voted images of a guild since a time, best first."""
+        _check_limit(limit)
+        rows = await self._fetchall(
+            "SELECT job_id, idx, COUNT(*) AS n FROM votes WHERE guild_id = ? AND at >= ?"
+            " GROUP BY job_id, idx ORDER BY n DESC, MAX(at) DESC LIMIT ?",
+            (guild_id, since, limit),
+        )
+        return [(row["job_id"], int(row["idx"]), int(row["n"])) for row in rows]
+
     async def audit_entries(self, *, guild_id: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """Audit entries, newest first; only one guild's if ``guild_id`` is given."""
         _check_limit(limit)
@@ -569,6 +598,10 @@ class Storage:
             )
             for row in rows
         ]
+
+
+def _tally(rows: Sequence[sqlite3.Row]) -> dict[int, int]:
+    return {int(row["idx"]): int(row["n"]) for row in rows}
 
 
 def _check_records(job_id: str, kind: str, job_ids: Sequence[str], indexes: Sequence[int]) -> None:

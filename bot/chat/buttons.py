@@ -15,10 +15,10 @@ import discord
 if TYPE_CHECKING:
     from bot.chat.imagine import ImagineCog
 
-ACTIONS = {"u": "upscale", "r": "reroll", "x": "cancel"}
+ACTIONS = {"u": "upscale", "r": "reroll", "x": "cancel", "k": "vote"}
 
 
-TEMPLATE = r"ib:(?P<action>[urx]):(?P<job>[0-9a-z]+)(?::(?P<index>[0-3]))?"
+TEMPLATE = r"ib:(?P<action>[urxk]):(?P<job>[0-9a-z]+)(?::(?P<index>[0-3]))?"
 
 
 class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLATE):
@@ -51,12 +51,17 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLAT
 
 
 def result_view(job_id: str, images: int, *, allowed: list[int]) -> discord.ui.View:
-    """U buttons for the images that were allowed, then Reroll."""
+    """Row 1: U buttons for the images that were allowed, then Reroll. Row 2: a vote per image."""
     view = discord.ui.View(timeout=None)
     for index in range(images):
         if index in allowed:
             view.add_item(JobButton("u", job_id, index, label=f"U{index + 1}"))
     view.add_item(JobButton("r", job_id, label="🔄 Reroll"))
+    if len(allowed) > 1:  # nothing to choose between otherwise
+        for index in allowed:
+            button = JobButton("k", job_id, index, label=f"Vote {index + 1}")
+            button.item.row = 1
+            view.add_item(button)
     return view
 
 

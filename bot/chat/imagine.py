@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat.buttons import progress_view, result_view
-from bot.chat.render import ASPECTS, ending_text, progress_text, queued_text, result_text, size_for
+from bot.chat.render import ASPECTS, ending_text, progress_text, queued_text, result_text, size_for, tally_text
 from bot.errors import IllegalTransitionError, JobNotFoundError, UserFacingError
 from bot.jobs import MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS, Job, JobRequest, JobState
 from bot.service import ImagineService, JobUpdate
@@ -161,6 +161,8 @@ class ImagineCog(commands.Cog):
             await self._cancel(interaction, job)
         elif action == "r":
             await self._reroll(interaction, job)
+        elif action == "k" and index is not None:
+            await self._vote(interaction, job, index)
         elif index is not None:
             await self._upscale(interaction, job, index)
 
@@ -191,6 +193,38 @@ class ImagineCog(commands.Cog):
             return
         await interaction.response.defer(thinking=True)
         await self._start(interaction, request)
+
+    async def _vote(self, interaction: discord.Interaction[Any], job: Job, index: int) -> None:
+        verdicts = {v.index: v.decision for v in await self.service.storage.verdicts_for(job.id)}
+        if job.state not in (JobState.DONE, JobState.APPROVED) or verdicts.get(index) != "allow":
+            await interaction.response.send_message("That image can't be voted for.", ephemeral=True)
+            return
+        tally = await self.service.storage.vote(job.id, str(interaction.user.id), index,
+                                                guild_id=str(interaction.guild_id))  # fmt: skip
+        allowed = [i for i, d in verdicts.items() if d == "allow"]
+        content = result_text(job) + "\n" + tally_text(tally)
+        # One vote per member per grid: voting again moves the vote. The tally shows on the message.
+        await interaction.response.edit_message(content=content, view=result_view(job.id, job.request.count,
+                                                                                   allowed=allowed))  # fmt: skip
+
+    @app_commands.command(name="top")
+    @app_commands.guild_only()
+    @app_commands.choices(period=[app_commands.Choice(name=p, value=p) for p in ("day", "week", "month", "all")])
+    async def top(self, interaction: discord.Interaction[Any], period: str = "week") -> None:
+        """The most-voted images of this server.
+
+        Args:
+            period: How far back to look.
+        """
+        since = time.time() - {"day": 86400, "week": 7 * 86400, "month": 30 * 86400}.get(period, time.time())
+        best = await self.service.storage.top_voted(str(interaction.guild_id), since=since, limit=10)
+        lines = []
+        for rank, (job_id, index, votes) in enumerate(best, 1):
+            job = await self.service.storage.get_job(job_id)
+            lines.append(f"{rank}. **{job.request.prompt[:80]}** — image {index + 1}, {votes} vote(s), "
+                         f"seed `{job.request.seeds[index]}`, by <@{job.request.user_id}>")  # fmt: skip
+        text = "\n".join(lines) if lines else f"No votes this {period}." if period != "all" else "No votes yet."
+        await interaction.response.send_message(text, allowed_mentions=discord.AllowedMentions.none())
 
     async def _upscale(self, interaction: discord.Interaction[Any], job: Job, index: int) -> None:
         outputs = {o.index: o for o in await self.service.storage.outputs_for(job.id)}

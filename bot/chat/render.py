@@ -43,6 +43,14 @@ def result_text(job: Job, mention: str | None = None) -> str:
     )
 
 
+def tally_text(tally: dict[int, int]) -> str:
+    """``Votes: 1 ▸ 2 · 3 ▸ 1`` (images without votes left out); empty when nobody voted."""
+    if not tally:
+        return ""
+    parts = [f"{index + 1} ▸ {votes}" for index, votes in sorted(tally.items())]
+    return "Votes: " + " · ".join(parts)
+
+
 _ENDINGS = {
     JobState.FLAGGED: "was held for a moderator to review. You'll hear back once it has been looked at.",
     JobState.BLOCKED: "was blocked by the safety filter: {reason}",

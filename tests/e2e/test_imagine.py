@@ -61,7 +61,7 @@ async def test_imagine_defers_then_posts_the_grid_with_buttons(
     message = await final_message(discord_server, record)
     ids = custom_ids(message)
     job_id = ids[0].split(":")[2]
-    assert ids == [f"ib:u:{job_id}:0", f"ib:u:{job_id}:1", f"ib:r:{job_id}"]
+    assert ids == [f"ib:u:{job_id}:0", f"ib:u:{job_id}:1", f"ib:r:{job_id}", f"ib:k:{job_id}:0", f"ib:k:{job_id}:1"]
     assert "seed `7`" in message["content"] and "a lighthouse at dusk" in message["content"]
     [attachment] = message["attachments"]
     assert discord_server.attachment_bytes(attachment).startswith(b"\x89PNG")
@@ -177,3 +177,27 @@ async def test_queue_history_and_cancel_commands(
     history = await discord_server.slash(discord_guild.id, channel, alice, "history", {})
     text = (await discord_server.wait_for_response(history)).json["data"]["content"]
     assert "cancelled" in text and "seed `11`" in text
+
+
+async def test_votes_one_per_member_can_move_and_rank_in_top(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice, bob = (discord_server.add_member(discord_guild.id, name=n) for n in ("alice", "bob"))
+    record = await imagine(discord_server, discord_guild, alice, prompt="two foxes", count=2, seed=5)
+    message = await final_message(discord_server, record)
+    job_id = custom_ids(message)[0].split(":")[2]
+    channel = channel_of(discord_guild)
+
+    async def vote(user: Any, index: int) -> str:
+        click = await discord_server.click(discord_guild.id, channel, user, message, f"ib:k:{job_id}:{index}")
+        answer = await discord_server.wait_for_response(click)
+        assert answer.json["type"] == 7  # the grid message itself is updated with the tally
+        return str(answer.json["data"]["content"])
+
+    assert "Votes: 1 ▸ 1" in await vote(alice, 0)
+    assert "Votes: 1 ▸ 2" in await vote(bob, 0)
+    assert "Votes: 1 ▸ 1 · 2 ▸ 1" in await vote(bob, 1)  # bob moved his vote
+    assert "Votes: 1 ▸ 1 · 2 ▸ 1" in await vote(alice, 0)  # a second vote for the same image counts once
+    top = await discord_server.slash(discord_guild.id, channel, bob, "top", {"period": "day"})
+    text = (await discord_server.wait_for_response(top)).json["data"]["content"]
+    assert text.startswith("1. **two foxes** — image") and "1 vote(s)" in text
