@@ -1,4 +1,4 @@
-"""Persistent buttons under a result: U1-U4, Reroll and Cancel.
+"""Persistent buttons under a result: U1-U4, Reroll, Vote 1-4, Delete, and Cancel while it runs.
 
 Persistent buttons need ``timeout=None`` and a stable ``custom_id`` (discord.py's persistent-view
 example says so too); we use ``DynamicItem`` so the ``custom_id`` itself carries the job id and the
@@ -15,10 +15,10 @@ import discord
 if TYPE_CHECKING:
     from bot.chat.imagine import ImagineCog
 
-ACTIONS = {"u": "upscale", "r": "reroll", "x": "cancel", "k": "vote"}
+ACTIONS = {"u": "upscale", "r": "reroll", "x": "cancel", "k": "vote", "d": "delete"}
 
 
-TEMPLATE = r"ib:(?P<action>[urxk]):(?P<job>[0-9a-z]+)(?::(?P<index>[0-3]))?"
+TEMPLATE = r"ib:(?P<action>[urxkd]):(?P<job>[0-9a-z]+)(?::(?P<index>[0-3]))?"
 
 
 class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLATE):
@@ -28,7 +28,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLAT
         if action not in ACTIONS:
             raise ValueError(f"unknown button action {action!r}")
         custom_id = f"ib:{action}:{job_id}" + (f":{index}" if index is not None else "")
-        style = discord.ButtonStyle.danger if action == "x" else discord.ButtonStyle.secondary
+        style = discord.ButtonStyle.danger if action in ("x", "d") else discord.ButtonStyle.secondary
         super().__init__(discord.ui.Button(label=label or action, style=style, custom_id=custom_id))
         self.action = action
         self.job_id = job_id
@@ -62,6 +62,9 @@ def result_view(job_id: str, images: int, *, allowed: list[int]) -> discord.ui.V
             button = JobButton("k", job_id, index, label=f"Vote {index + 1}")
             button.item.row = 1
             view.add_item(button)
+    delete = JobButton("d", job_id, label="🗑 Delete")
+    delete.item.row = 1
+    view.add_item(delete)
     return view
 
 

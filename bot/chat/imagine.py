@@ -163,6 +163,8 @@ class ImagineCog(commands.Cog):
             await self._reroll(interaction, job)
         elif action == "k" and index is not None:
             await self._vote(interaction, job, index)
+        elif action == "d":
+            await self._delete(interaction, job)
         elif index is not None:
             await self._upscale(interaction, job, index)
 
@@ -193,6 +195,18 @@ class ImagineCog(commands.Cog):
             return
         await interaction.response.defer(thinking=True)
         await self._start(interaction, request)
+
+    async def _delete(self, interaction: discord.Interaction[Any], job: Job) -> None:
+        if not _may_moderate(interaction, job):
+            await interaction.response.send_message("Only the person who asked, or a moderator, can delete this.",
+                                                    ephemeral=True)  # fmt: skip
+            return
+        await interaction.response.defer()
+        if interaction.message is not None:
+            with contextlib.suppress(discord.NotFound):
+                await interaction.message.delete()
+        await self.service.storage.audit("delete_message", guild_id=job.request.guild_id,
+                                         actor_id=str(interaction.user.id), target=job.id)  # fmt: skip
 
     async def _vote(self, interaction: discord.Interaction[Any], job: Job, index: int) -> None:
         verdicts = {v.index: v.decision for v in await self.service.storage.verdicts_for(job.id)}

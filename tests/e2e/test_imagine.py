@@ -61,7 +61,8 @@ async def test_imagine_defers_then_posts_the_grid_with_buttons(
     message = await final_message(discord_server, record)
     ids = custom_ids(message)
     job_id = ids[0].split(":")[2]
-    assert ids == [f"ib:u:{job_id}:0", f"ib:u:{job_id}:1", f"ib:r:{job_id}", f"ib:k:{job_id}:0", f"ib:k:{job_id}:1"]
+    assert ids == [f"ib:u:{job_id}:0", f"ib:u:{job_id}:1", f"ib:r:{job_id}", f"ib:k:{job_id}:0", f"ib:k:{job_id}:1",
+                   f"ib:d:{job_id}"]  # fmt: skip
     assert "seed `7`" in message["content"] and "a lighthouse at dusk" in message["content"]
     [attachment] = message["attachments"]
     assert discord_server.attachment_bytes(attachment).startswith(b"\x89PNG")
@@ -201,3 +202,19 @@ async def test_votes_one_per_member_can_move_and_rank_in_top(
     top = await discord_server.slash(discord_guild.id, channel, bob, "top", {"period": "day"})
     text = (await discord_server.wait_for_response(top)).json["data"]["content"]
     assert text.startswith("1. **two foxes** — image") and "1 vote(s)" in text
+
+
+async def test_delete_is_for_the_requester_or_a_moderator(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice, mallory = (discord_server.add_member(discord_guild.id, name=n) for n in ("alice", "mallory"))
+    record = await imagine(discord_server, discord_guild, alice, prompt="a yellow star", count=1, seed=2)
+    message = await final_message(discord_server, record)
+    [delete_id] = [i for i in custom_ids(message) if i.startswith("ib:d:")]
+    channel = channel_of(discord_guild)
+    refused = await discord_server.click(discord_guild.id, channel, mallory, message, delete_id)
+    answer = await discord_server.wait_for_response(refused)
+    assert answer.json["data"]["flags"] & 64 and "can delete this" in answer.json["data"]["content"]
+    accepted = await discord_server.click(discord_guild.id, channel, alice, message, delete_id)
+    await discord_server.wait_for_response(accepted)
+    await discord_server.wait_for(lambda c: c.method == "DELETE" and str(message["id"]) in c.path, timeout=10)
