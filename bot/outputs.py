@@ -10,18 +10,17 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageFilter, PngImagePlugin
 
+from safety.files import TEMP_PREFIX, write_atomic
+
 # zlib level 1: several times faster than Pillow's default (6) for a few percent more bytes.
 PNG_COMPRESS_LEVEL = 1
 _TEXT_PREFIX = "imaginebot:"
-TEMP_PREFIX = ".tmp-"
 EMPTY_TILE = (32, 32, 36)  # where a blocked image would have been in the grid
 
 
@@ -69,21 +68,6 @@ class ImageStore:
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either nothing or the whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_preview(image: Image.Image, *, blocks: int = 12) -> Image.Image:

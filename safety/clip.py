@@ -24,12 +24,12 @@ the zero-shot stages are encoded once per model, not on every start.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import posixpath
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from PIL import Image
 
 from safety.errors import StageUnavailableError
+from safety.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -376,21 +377,8 @@ class ClipEncoder:
         if path is None:
             return
         try:
-            _write_atomically(path, embeddings)
+            buffer = io.BytesIO()
+            np.save(buffer, embeddings, allow_pickle=False)
+            write_atomic(path, buffer.getvalue())
         except OSError as exc:  # the cache only saves time; a read-only disk must not stop the stage
             logger.warning("could not write text-embedding cache %s: %s", path, exc)
-
-
-def _write_atomically(path: Path, array: Embeddings) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: a reader never sees half a file.
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

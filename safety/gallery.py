@@ -22,8 +22,6 @@ import builtins
 import io
 import json
 import logging
-import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from safety.faces import FaceDetector
+from safety.files import TEMP_PREFIX, write_atomic
 from safety.identity import EMBEDDING_SIZE, SAME_PERSON_DISTANCE, Embedder, Embedding, face_distances
 
 logger = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
 INDEX_FORMAT = 1
 MAX_NAME_LENGTH = 100
-_TEMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -255,7 +253,7 @@ class ProtectedGallery:
     def _write_embeddings(self, name: str, rows: Embedding) -> None:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(rows, np.float32), allow_pickle=False)
-        self._write_atomic(name, buffer.getvalue())
+        write_atomic(self.root / name, buffer.getvalue())
 
     def _commit(self, people: Sequence[ProtectedPerson], files: dict[str, str]) -> None:
         entries = [
@@ -270,26 +268,13 @@ class ProtectedGallery:
             for p in people
         ]
         document = {"format": INDEX_FORMAT, "people": entries}
-        self._write_atomic(INDEX_FILE, json.dumps(document, indent=2, ensure_ascii=False).encode())
+        write_atomic(self.root / INDEX_FILE, json.dumps(document, indent=2, ensure_ascii=False).encode())
         self._read()
         self._sweep(set(files.values()))
-
-    def _write_atomic(self, name: str, data: bytes) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, self.root / name)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
 
     def _sweep(self, keep: set[str]) -> None:
         """Delete embeddings files no index names and temporary files a crash left behind."""
         for path in self.root.iterdir():
             stale_npy = path.suffix == ".npy" and path.name not in keep
-            if stale_npy or path.name.startswith(_TEMP_PREFIX):
+            if stale_npy or path.name.startswith(TEMP_PREFIX):
                 path.unlink(missing_ok=True)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.outputs import ImageStore, grid_shape, make_grid, write_atomic
+from bot.outputs import ImageStore, grid_shape, make_grid
+from safety.files import write_atomic
 
 
 def tile(value: int) -> Image.Image:

@@ -212,7 +212,7 @@ def test_a_crash_while_committing_leaves_the_old_gallery(
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr("safety.gallery.os.replace", crash_on_index)
+    monkeypatch.setattr("safety.files.os.replace", crash_on_index)
     with pytest.raises(OSError, match="disk full"):
         gallery.add("A", [face(2)], guild_id=None, embedder=FAKE_EMBEDDER, detector=FAKE_DETECTOR)
     with pytest.raises(OSError, match="disk full"):
