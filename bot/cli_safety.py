@@ -26,7 +26,7 @@ from safety.faces import FaceDetector
 from safety.identity import FaceEmbedder
 from safety.nsfw import CATEGORIES, MINORS, NsfwStage
 from safety.suite import load_face_detector
-from safety.verdict import Verdict
+from safety.verdict import Verdict, combine
 
 STRICTNESS = ("relaxed", "standard", "strict")
 
@@ -124,7 +124,7 @@ def _context(args: argparse.Namespace, settings: Settings, size: tuple[int, int]
 
 
 async def check(args: argparse.Namespace, settings: Settings) -> int:
-    """Run every stage separately (for tuning), then the combined policy."""
+    """Show every stage's verdict and scores (for tuning), and the combined verdict."""
     if args.image is None and args.prompt is None:
         raise UsageError("check: give an IMAGE, --prompt, or both")
     image = open_image(args.image) if args.image is not None else None
@@ -139,14 +139,10 @@ async def check(args: argparse.Namespace, settings: Settings) -> int:
         combined = suite.prompt.check_prompt(context)
         stages["prompt"] = verdict_json(combined)
     else:
-        combined = (await asyncio.to_thread(suite.policy.check, [image], context))[0]
-        for name, stage in suite.stages.items():
-            try:
-                [verdict] = await asyncio.to_thread(stage.check, [image], context)
-                stages[name] = verdict_json(verdict)
-            except Exception as exc:  # shown, and the combined verdict above already blocked
-                stages[name] = {"decision": "block", "error": f"{type(exc).__name__}: {exc}"}
-        for status in suite.unavailable:
+        [by_stage] = await asyncio.to_thread(suite.policy.judge, [image], context)
+        combined = combine(by_stage.values())
+        stages = {name: verdict_json(verdict) for name, verdict in by_stage.items()}
+        for status in suite.unavailable:  # say why, not only that it blocked
             stages[status.name] = {"decision": "block", "error": f"unavailable: {status.detail}"}
     result = {**verdict_json(combined), "stages": stages}
     if args.json:

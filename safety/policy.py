@@ -87,14 +87,18 @@ class Policy:
 
     def check(self, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
         """Judge every image; never raises for a stage's failure."""
-        per_image: list[list[Verdict]] = [[] for _ in images]
+        return [combine(by_stage.values()) for by_stage in self.judge(images, context)]
+
+    def judge(self, images: Sequence[Image.Image], context: CheckContext) -> list[dict[str, Verdict]]:
+        """Every stage's verdict on every image, by stage name (what :meth:`check` combines)."""
+        per_image: list[dict[str, Verdict]] = [{} for _ in images]
         for name in self._unavailable:
             for verdicts in per_image:
-                verdicts.append(Verdict.unavailable(name, "stage configured but not loaded"))
+                verdicts[name] = Verdict.unavailable(name, "stage configured but not loaded")
         for stage in self._stages:
             for verdicts, verdict in zip(per_image, self._run_stage(stage, images, context), strict=True):
-                verdicts.append(verdict)
-        return [combine(v) for v in per_image]
+                verdicts[stage.name] = verdict
+        return per_image
 
     def _run_stage(self, stage: ImageStage, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
         future = self._runner.submit(stage.check, images, context)
