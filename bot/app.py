@@ -98,7 +98,6 @@ async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
             service = ImagineService(
                 settings, storage, worker, store, quantum=default_quantum(settings), prompt_gate=safety.prompt
             )
-            service.safety = safety
             try:
                 await service.start()  # every process with a worker first resumes unfinished jobs
                 yield service

@@ -116,7 +116,6 @@ class ImagineService:
         self._listeners: list[Listener] = []
         self._running: set[str] = set()
         self.resumed: list[Job] = []  # what start() found unfinished
-        self.safety: object | None = None  # the loaded safety suite, for reports (set by the composition root)
         # Seconds per stage (load, generate, safety, mark, store) of each job run by this process.
         self.timings: dict[str, dict[str, float]] = {}
 
@@ -142,7 +141,7 @@ class ImagineService:
         """Put every ``queued`` or ``running`` job from storage back into the scheduler, oldest first."""
         resumed = []
         for job in await self.storage.jobs_in_states(ACTIVE_STATES):
-            if job.id in self._running or job.id in self._scheduler_ids():
+            if job.id in self._running or job.id in self._scheduler:
                 continue
             if job.state is JobState.RUNNING:
                 job = await self.storage.transition(job.id, JobState.QUEUED, detail="requeued after restart")
@@ -152,9 +151,6 @@ class ImagineService:
             logger.info("resumed %d jobs", len(resumed))
             self._wakeup.set()
         return resumed
-
-    def _scheduler_ids(self) -> set[str]:
-        return {q.job_id for q in self._scheduler.snapshot()}
 
     # --- requests ---
 
