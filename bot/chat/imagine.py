@@ -43,7 +43,7 @@ class Delivery:
     user_id: int
     started: float = field(default_factory=time.monotonic)
     last_edit: float = 0.0
-    pending: str | None = None
+    pending: tuple[int, int] | None = None  # the latest (step, total) not yet shown
     timer: asyncio.TimerHandle | None = None
 
 
@@ -284,11 +284,11 @@ class ImagineCog(commands.Cog):
         delivery = self._deliveries.get(update.job_id)
         if update.state.finished:
             self._spawn(self._finish(update.job_id))
-        elif delivery is not None and update.step is not None:
-            self._schedule_edit(update.job_id, delivery, update)
+        elif delivery is not None and update.step is not None and update.total is not None:
+            self._schedule_edit(update.job_id, delivery, (update.step, update.total))
 
-    def _schedule_edit(self, job_id: str, delivery: Delivery, update: JobUpdate) -> None:
-        delivery.pending = f"{update.step}/{update.total}"
+    def _schedule_edit(self, job_id: str, delivery: Delivery, progress: tuple[int, int]) -> None:
+        delivery.pending = progress
         wait = EDIT_INTERVAL - (time.monotonic() - delivery.last_edit)
         if delivery.timer is None:
             loop = asyncio.get_running_loop()
@@ -299,7 +299,7 @@ class ImagineCog(commands.Cog):
         if delivery is None or delivery.pending is None or delivery.interaction is None:
             return
         delivery.timer = None
-        step, total = (int(x) for x in delivery.pending.split("/"))
+        step, total = delivery.pending
         delivery.pending = None
         delivery.last_edit = time.monotonic()
         job = await self.service.storage.get_job(job_id)
