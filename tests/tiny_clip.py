@@ -20,12 +20,18 @@ TINY_CONFIG = {
 }
 
 
-def save_tiny_clip(directory: Path, *, seed: int = 0) -> str:
-    """Register the tiny architecture, save random weights; returns the ``MODEL:PATH`` spec."""
+def register_tiny_clip(directory: Path) -> str:
+    """Register the tiny architecture with open_clip, as a user's own config file would be."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / f"{TINY}.json"  # open_clip names a config after its file
     config.write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
     open_clip.add_model_config(config)
+    return TINY
+
+
+def save_tiny_clip(directory: Path, *, seed: int = 0) -> str:
+    """Register the tiny architecture, save random weights; returns the ``MODEL:PATH`` spec."""
+    register_tiny_clip(directory)
     torch.manual_seed(seed)
     model = open_clip.create_model(TINY, pretrained=None)
     checkpoint = directory / "tiny-clip.pt"

@@ -8,7 +8,6 @@ open_clip model registered from a config in-process, since no pretrained weights
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +37,8 @@ from safety.nsfw import (
 )
 from safety.realism import ARTWORK, PHOTO, ClipRealism
 from safety.verdict import Decision
+from tests.tiny_clip import TINY, register_tiny_clip
 
-TINY = "imaginebot-tiny-clip"
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 STRICTNESS = ("relaxed", "standard", "strict")
 DIM = 64
 
@@ -293,10 +287,7 @@ def test_stage_scores_a_whole_batch_in_one_encoder_call(fake: FakeEncoder, stage
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Registers the tiny architecture with open_clip, as a user's own config file would be."""
-    path = tmp_path_factory.mktemp("clip-config") / f"{TINY}.json"  # open_clip names it after the file
-    path.write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
-    open_clip.add_model_config(path)
-    return TINY
+    return register_tiny_clip(tmp_path_factory.mktemp("clip-config"))
 
 
 class CountingClip:
