@@ -26,9 +26,7 @@ from safety.faces import FaceDetector
 from safety.identity import FaceEmbedder
 from safety.nsfw import CATEGORIES, MINORS, NsfwStage
 from safety.suite import load_face_detector
-from safety.verdict import Verdict, combine
-
-STRICTNESS = ("relaxed", "standard", "strict")
+from safety.verdict import STRICTNESS, Verdict, combine
 
 
 def add_parsers(commands: Any) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError
+from safety.verdict import STRICTNESS
 
 ENV_PREFIX = "IMAGINEBOT_"
 
@@ -159,9 +160,7 @@ FIELDS: dict[str, FieldSpec] = {
     "scheduler_quantum": FieldSpec(
         _parse_int(0, 10**9), "Cost a server may spend per scheduler turn; 0 = the cost of one default 4-image job."
     ),
-    "strictness": FieldSpec(
-        _parse_choice("relaxed", "standard", "strict"), "Default safety strictness for every server."
-    ),
+    "strictness": FieldSpec(_parse_choice(*STRICTNESS), "Default safety strictness for every server."),
     "safety_stages": FieldSpec(
         _parse_stages,
         "Safety stages run on every request (prompt, integrity, nsfw, faces, nudenet). A listed stage that "

@@ -36,7 +36,7 @@ from PIL import Image
 
 from safety.clip import Concept, Embeddings, ImageTextEncoder, concept_embeddings
 from safety.policy import CheckContext
-from safety.verdict import Decision, Verdict
+from safety.verdict import Decision, Verdict, check_strictness
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +199,7 @@ class Thresholds:
 
     def level(self, strictness: str) -> Level:
         """The limits for ``"relaxed"``, ``"standard"`` or ``"strict"``."""
-        if strictness not in ("relaxed", "standard", "strict"):
-            raise ValueError(f"unknown strictness {strictness!r}: expected relaxed, standard or strict")
-        level: Level = getattr(self, strictness)
+        level: Level = getattr(self, check_strictness(strictness))
         return level
 
 

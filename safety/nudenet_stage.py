@@ -28,7 +28,7 @@ from PIL import Image
 from safety.errors import StageUnavailableError
 from safety.nsfw import Limits
 from safety.policy import CheckContext
-from safety.verdict import Decision, Verdict
+from safety.verdict import Decision, Verdict, check_strictness
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,7 @@ class NudeNetThresholds:
 
     def level(self, strictness: str) -> NudeNetLevel:
         """The limits for ``"relaxed"``, ``"standard"`` or ``"strict"``."""
-        if strictness not in ("relaxed", "standard", "strict"):
-            raise ValueError(f"unknown strictness {strictness!r}: expected relaxed, standard or strict")
-        level: NudeNetLevel = getattr(self, strictness)
+        level: NudeNetLevel = getattr(self, check_strictness(strictness))
         return level
 
 

@@ -25,6 +25,16 @@ _SEVERITY = {Decision.ALLOW: 0, Decision.FLAG: 1, Decision.BLOCK: 2}
 
 logger = logging.getLogger(__name__)
 
+STRICTNESS = ("relaxed", "standard", "strict")  # how strict a server's safety checks are
+
+
+def check_strictness(strictness: str) -> str:
+    """Return ``strictness`` if it is one of :data:`STRICTNESS`, else raise ValueError naming it."""
+    if strictness not in STRICTNESS:
+        raise ValueError(f"unknown strictness {strictness!r}: expected relaxed, standard or strict")
+    return strictness
+
+
 UNAVAILABLE_REASON = "safety check unavailable"
 
 
