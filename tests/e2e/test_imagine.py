@@ -41,8 +41,21 @@ async def imagine(server: FakeDiscord, guild: FakeGuild, user: Any, **options: A
     return await server.slash(guild.id, channel_of(guild), user, "imagine", options)
 
 
+def original_path(server: FakeDiscord, record: Any) -> str:
+    return server.webhook_path(record) + "/messages/@original"
+
+
+async def queued_message(server: FakeDiscord, record: Any) -> JSON:
+    """The job's message once the bot has first edited it (queued, with the Cancel button)."""
+    path = original_path(server, record)
+    await server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
+    message = server.original_message(record)
+    assert message is not None
+    return message
+
+
 async def final_message(server: FakeDiscord, record: Any) -> JSON:
-    path = server.webhook_path(record) + "/messages/@original"
+    path = original_path(server, record)
     await server.wait_for(lambda c: c.method == "PATCH" and c.path == path and bool(c.files), timeout=60)
     message = server.original_message(record)
     assert message is not None
@@ -95,10 +108,8 @@ async def test_cancel_is_refused_to_strangers_and_allowed_to_the_requester(
     alice = discord_server.add_member(discord_guild.id, name="alice")
     mallory = discord_server.add_member(discord_guild.id, name="mallory")
     record = await imagine(discord_server, discord_guild, alice, prompt="a slow painting", steps=150, count=4)
-    path = discord_server.webhook_path(record) + "/messages/@original"
-    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
-    message = discord_server.original_message(record)
-    assert message is not None
+    path = original_path(discord_server, record)
+    message = await queued_message(discord_server, record)
     [cancel_id] = [i for i in custom_ids(message) if i.startswith("ib:x:")]
     channel = channel_of(discord_guild)
     refused = await discord_server.click(discord_guild.id, channel, mallory, message, cancel_id)
@@ -132,10 +143,7 @@ async def test_moderators_may_cancel(bot: ImagineBot, discord_server: FakeDiscor
     alice = discord_server.add_member(discord_guild.id, name="alice")
     mod = discord_server.add_member(discord_guild.id, name="mod", permissions=Permission.MANAGE_MESSAGES)
     record = await imagine(discord_server, discord_guild, alice, prompt="a long job", steps=150, count=4)
-    path = discord_server.webhook_path(record) + "/messages/@original"
-    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
-    message = discord_server.original_message(record)
-    assert message is not None
+    message = await queued_message(discord_server, record)
     [cancel_id] = [i for i in custom_ids(message) if i.startswith("ib:x:")]
     click = await discord_server.click(discord_guild.id, channel_of(discord_guild), mod, message, cancel_id)
     answer = await discord_server.wait_for_response(click)
@@ -147,8 +155,7 @@ async def test_an_expired_token_falls_back_to_a_channel_message(
 ) -> None:
     alice = discord_server.add_member(discord_guild.id, name="alice")
     record = await imagine(discord_server, discord_guild, alice, prompt="a blue square", steps=40, count=2)
-    path = discord_server.webhook_path(record) + "/messages/@original"
-    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
+    await queued_message(discord_server, record)
     discord_server.expire_token(record.token)
     posted = await discord_server.wait_for(
         lambda c: c.method == "POST" and c.path == f"/channels/{channel_of(discord_guild)}/messages", timeout=60
@@ -165,8 +172,8 @@ async def test_queue_history_and_cancel_commands(
     empty = await discord_server.slash(discord_guild.id, channel, alice, "cancel", {})
     assert "nothing queued" in (await discord_server.wait_for_response(empty)).json["data"]["content"]
     record = await imagine(discord_server, discord_guild, alice, prompt="a green star", steps=150, count=4, seed=11)
-    path = discord_server.webhook_path(record) + "/messages/@original"
-    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
+    path = original_path(discord_server, record)
+    await queued_message(discord_server, record)
     queue = await discord_server.slash(discord_guild.id, channel, alice, "queue", {})
     answer = (await discord_server.wait_for_response(queue)).json["data"]
     assert answer["flags"] & 64 and "a green star" in answer["content"]

@@ -17,11 +17,6 @@ def photo(name: str) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def detector() -> NudeNetFaceDetector:
-    return NudeNetFaceDetector.load()
-
-
-@pytest.fixture(scope="module")
 def astronaut() -> Image.Image:
     return photo("astronaut")
 

@@ -51,16 +51,6 @@ def vector(k: int) -> Embedding:
 FAKE_EMBEDDER, FAKE_DETECTOR = ColourEmbedder(), OneFaceDetector()
 
 
-@pytest.fixture(scope="module")
-def detector() -> NudeNetFaceDetector:
-    return NudeNetFaceDetector.load()
-
-
-@pytest.fixture(scope="module")
-def embedder() -> FaceEmbedder:
-    return FaceEmbedder.load()
-
-
 @pytest.fixture
 def gallery(tmp_path: Path) -> ProtectedGallery:
     return ProtectedGallery(tmp_path / "protected")

@@ -36,16 +36,6 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def detector() -> NudeNetFaceDetector:
-    return NudeNetFaceDetector.load()
-
-
-@pytest.fixture(scope="module")
-def embedder() -> FaceEmbedder:
-    return FaceEmbedder.load()
-
-
-@pytest.fixture(scope="module")
 def embed_only_face(detector: NudeNetFaceDetector, embedder: FaceEmbedder) -> Callable[[Image.Image], Embedding]:
     def embed(image: Image.Image) -> Embedding:
         [face] = detector.detect(image)
