@@ -25,15 +25,16 @@ class ModelPreset:
     height: int
     steps: int
     guidance: float
+    max_side: int  # the largest side an upscale may produce: beyond it the model makes mush or runs out of memory
 
 
 # Checked in order; the first fragment found in the model id (lower-cased) wins.
 _PRESETS: tuple[tuple[str, ModelPreset], ...] = (
-    ("builtin:tiny", ModelPreset(256, 256, 4, 1.0)),
-    ("sdxl-turbo", ModelPreset(512, 512, 1, 0.0)),  # distilled: 1-4 steps, no CFG
-    ("sd-turbo", ModelPreset(512, 512, 1, 0.0)),
-    ("xl", ModelPreset(1024, 1024, 30, 7.0)),
-    ("", ModelPreset(512, 512, 25, 7.5)),  # SD 1.x / 2.x and anything unknown
+    ("builtin:tiny", ModelPreset(256, 256, 4, 1.0, 512)),
+    ("sdxl-turbo", ModelPreset(512, 512, 1, 0.0, 1024)),  # distilled: 1-4 steps, no CFG
+    ("sd-turbo", ModelPreset(512, 512, 1, 0.0, 1024)),
+    ("xl", ModelPreset(1024, 1024, 30, 7.0, 2048)),
+    ("", ModelPreset(512, 512, 25, 7.5, 1024)),  # SD 1.x / 2.x and anything unknown
 )
 
 _XL_PIPELINES = ("StableDiffusionXLPipeline",)

@@ -20,7 +20,7 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers.pipelines.auto_pipeline import AutoPipelineForText2Image
+from diffusers.pipelines.auto_pipeline import AutoPipelineForImage2Image, AutoPipelineForText2Image
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL import Image
 
@@ -106,6 +106,7 @@ class DiffusersGenerator:
 
     def __init__(self, pipeline: Any, model_id: str) -> None:
         self._pipe = pipeline
+        self._img2img: Any = None  # built on first use, sharing every component with _pipe
         self._model_id = model_id
         self._lock = threading.Lock()
         self._pipe.set_progress_bar_config(disable=True)
@@ -246,23 +247,41 @@ class DiffusersGenerator:
                 pipe._interrupt = True
             return callback_kwargs
 
+        # Flattened: one prompt, negative prompt and generator per image. The negative prompt is
+        # always passed; diffusers only uses it when guidance > 1 (CFG on).
+        kwargs: dict[str, Any] = {
+            "prompt": [r.prompt for r in requests for _ in r.seeds],
+            "negative_prompt": [r.negative_prompt for r in requests for _ in r.seeds],
+            "generator": [torch.Generator(generator_device).manual_seed(s) for r in requests for s in r.seeds],
+            "num_inference_steps": key.steps,
+            "guidance_scale": key.guidance,
+            "output_type": "pil",
+            "callback_on_step_end": on_step_end,
+        }
         with self._lock, torch.inference_mode():
+            if key.strength is None:
+                pipe, kwargs["width"], kwargs["height"] = self._pipe, key.width, key.height
+            else:  # image-to-image takes its size from the init images
+                pipe, kwargs["strength"] = self._image_to_image(), key.strength
+                kwargs["image"] = [r.init_image for r in requests for _ in r.seeds]
             try:
-                output = self._pipe(
-                    # Flattened: one prompt, negative prompt and generator per image. The negative
-                    # prompt is always passed; diffusers only uses it when guidance > 1 (CFG on).
-                    prompt=[r.prompt for r in requests for _ in r.seeds],
-                    negative_prompt=[r.negative_prompt for r in requests for _ in r.seeds],
-                    generator=[torch.Generator(generator_device).manual_seed(s) for r in requests for s in r.seeds],
-                    num_inference_steps=key.steps,
-                    guidance_scale=key.guidance,
-                    width=key.width,
-                    height=key.height,
-                    output_type="pil",
-                    callback_on_step_end=on_step_end,
-                )
+                output = pipe(**kwargs)
             except Exception as exc:
                 raise GenerationError(f"model {self._model_id!r} failed on jobs {list(job_ids)}: {exc}") from exc
         flat: list[Image.Image] = list(output.images)
         bounds = list(accumulate((len(r.seeds) for r in requests), initial=0))
         return [tuple(flat[start:end]) for start, end in pairwise(bounds)]
+
+    def _image_to_image(self) -> Any:
+        """The image-to-image pipeline of this model, sharing every weight with the loaded one.
+
+        Raises:
+            GenerationError: the model has no image-to-image variant.
+        """
+        if self._img2img is None:
+            try:
+                self._img2img = AutoPipelineForImage2Image.from_pipe(self._pipe)  # type: ignore[no-untyped-call]
+            except ValueError as exc:
+                raise GenerationError(f"model {self._model_id!r} cannot vary or upscale images: {exc}") from exc
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img

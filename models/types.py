@@ -8,7 +8,7 @@ collaborator the worker needs from another package (a safety policy, a watermark
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
@@ -25,6 +25,7 @@ class BatchKey:
     height: int
     steps: int
     guidance: float
+    strength: float | None = None  # image-to-image strength; None for text-to-image
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class GenerationRequest:
 
     Image ``i`` is generated from ``seeds[i]`` with its own ``torch.Generator``, so an image depends
     on its seed alone, never on which other requests share its batch.
+
+    With ``init_image`` (already ``width`` x ``height``) and ``strength`` the request is
+    image-to-image: variations and upscales start from that picture, and ``strength`` (0..1] says
+    how far from it they may move; the pipeline then runs ``int(steps * strength)`` steps.
     """
 
     job_id: str
@@ -47,6 +52,8 @@ class GenerationRequest:
     guild_id: str | None = None
     strictness: str = "standard"
     allow_suggestive: bool = False
+    init_image: Image.Image | None = field(default=None, compare=False, repr=False)
+    strength: float | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -58,10 +65,17 @@ class GenerationRequest:
             raise ValueError(f"size {self.width}x{self.height} must be positive multiples of 8")
         if self.steps <= 0:
             raise ValueError(f"steps must be positive, got {self.steps}")
+        if (self.init_image is None) != (self.strength is None):
+            raise ValueError(f"job {self.job_id!r}: init_image and strength go together")
+        if self.init_image is not None and self.strength is not None:
+            if self.init_image.size != (self.width, self.height):
+                raise ValueError(f"init image is {self.init_image.size}, expected {(self.width, self.height)}")
+            if not 0.0 < self.strength <= 1.0 or int(self.steps * self.strength) < 1:
+                raise ValueError(f"strength {self.strength} with {self.steps} steps runs no denoising step")
 
     @property
     def key(self) -> BatchKey:
-        return BatchKey(self.model, self.width, self.height, self.steps, self.guidance)
+        return BatchKey(self.model, self.width, self.height, self.steps, self.guidance, self.strength)
 
 
 @dataclass(frozen=True)

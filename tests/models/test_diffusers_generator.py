@@ -220,3 +220,64 @@ def test_choose_device_and_dtype_on_cpu() -> None:
 def test_choose_device_rejects_unavailable_cuda() -> None:
     with pytest.raises(ValueError, match="cuda"):
         choose_device_and_dtype("cuda", None)
+
+
+def variation(
+    generator: DiffusersGenerator, job_id: str, source: Image.Image, seeds: tuple[int, ...], strength: float
+) -> GenerationRequest:
+    return GenerationRequest(
+        job_id=job_id,
+        prompt="a photo of a cat",
+        negative_prompt="blurry",
+        seeds=seeds,
+        width=source.width,
+        height=source.height,
+        steps=4,
+        guidance=1.0,
+        model=generator.model_id,
+        init_image=source,
+        strength=strength,
+    )
+
+
+def test_image_to_image_follows_its_source_more_at_lower_strength(tiny_generator: DiffusersGenerator) -> None:
+    # The tiny model's weights are random, so "looks like the source" cannot be checked; what any
+    # image-to-image pipeline must show is that the source matters, and matters less as strength grows.
+    a, b = tiny_generator.generate([request(tiny_generator, "src", (5, 6), size=64)])[0].images
+
+    def vary(source: Image.Image, strength: float) -> Image.Image:
+        return tiny_generator.generate([variation(tiny_generator, "v", source, (9,), strength)])[0].images[0]
+
+    def distance(x: Image.Image, y: Image.Image) -> float:
+        return float(np.abs(pixels(x) - pixels(y)).mean())
+
+    subtle_gap, strong_gap = distance(vary(a, 0.25), vary(b, 0.25)), distance(vary(a, 1.0), vary(b, 1.0))
+    assert subtle_gap > 2 * strong_gap > 0
+    assert distance(vary(a, 0.5), vary(a, 0.5)) == 0  # and it reproduces
+
+
+def test_image_to_image_reports_only_the_steps_it_runs(tiny_generator: DiffusersGenerator) -> None:
+    (source,) = tiny_generator.generate([request(tiny_generator, "src", (5,), size=64)])[0].images
+    recorder = Recorder()
+    tiny_generator.generate([variation(tiny_generator, "v", source, (1, 2), 0.5)], on_progress=recorder.on_progress)
+    assert [(p.step, p.total) for p in recorder.steps] == [(1, 2), (2, 2)]
+
+
+def test_upscale_doubles_the_size(tiny_generator: DiffusersGenerator) -> None:
+    (source,) = tiny_generator.generate([request(tiny_generator, "src", (5,), size=64)])[0].images
+    big = source.resize((128, 128), Image.Resampling.LANCZOS)
+    (result,) = tiny_generator.generate([variation(tiny_generator, "up", big, (5,), 0.3)])[0].images
+    assert result.size == (128, 128)
+
+
+def test_image_to_image_requests_are_validated() -> None:
+    source = Image.new("RGB", (64, 64))
+    base = {"job_id": "j", "prompt": "p", "negative_prompt": "", "seeds": (1,), "steps": 4, "guidance": 1.0,
+            "model": "m"}  # fmt: skip
+    with pytest.raises(ValueError, match="go together"):
+        GenerationRequest(**base, width=64, height=64, init_image=source)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expected"):
+        GenerationRequest(**base, width=128, height=64, init_image=source, strength=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no denoising step"):
+        GenerationRequest(**base, width=64, height=64, init_image=source, strength=0.2)  # type: ignore[arg-type]
+    assert GenerationRequest(**base, width=64, height=64, init_image=source, strength=0.5).key.strength == 0.5  # type: ignore[arg-type]
