@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="finish the jobs a crash left queued or running")
     resume.add_argument("--json", action="store_true", help="print JSON")
     commands.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
+    invite = commands.add_parser("invite", help="print the link that adds the bot to a Discord server")
+    invite.add_argument("client_id", help="the application id from the Discord developer portal")
     cli_safety.add_parsers(commands)
     return parser
 
@@ -189,7 +191,18 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume, "run": _run, **cli_safety.COMMANDS}
+async def _invite(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.chat.client import invite_url  # imports discord: only for this command
+
+    try:
+        print(invite_url(args.client_id))
+    except ValueError as exc:
+        raise UsageError(f"client_id: {exc}") from None
+    return 0
+
+
+COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume, "run": _run, "invite": _invite,
+            **cli_safety.COMMANDS}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,6 +134,12 @@ def _parse_optional_url(name: str, raw: object) -> str | None:
     return url.rstrip("/")
 
 
+def _parse_models(name: str, raw: object) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    models = tuple(str(item).strip() for item in items if str(item).strip())
+    return tuple(dict.fromkeys(models))
+
+
 def _parse_optional_str(name: str, raw: object) -> str | None:
     return None if raw is None or raw == "" else _parse_str(name, raw)
 
@@ -151,6 +157,10 @@ FIELDS: dict[str, FieldSpec] = {
     "model": FieldSpec(
         _parse_str,
         "Default model: a diffusers model id (e.g. stabilityai/sd-turbo), a local directory, or builtin:tiny.",
+    ),
+    "models": FieldSpec(
+        _parse_models,
+        "Other models servers may choose with /settings (comma-separated); the default model is always offered.",
     ),
     "offline": FieldSpec(_parse_bool, "Load models from local files only (no model hub downloads)."),
     "device": FieldSpec(_parse_choice("auto", "cpu", "cuda", "mps"), "Torch device for generation."),
@@ -193,6 +203,7 @@ class Settings:
 
     data_dir: Path = Path("data")
     model: str = "builtin:tiny"
+    models: tuple[str, ...] = ()
     offline: bool = True
     device: str = "auto"
     max_batch_images: int = 4
@@ -241,6 +252,11 @@ class Settings:
     def describe(self) -> dict[str, str]:
         """Every setting as printable text; secrets stay masked."""
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def available_models(self) -> tuple[str, ...]:
+        """The models servers may choose from: the default model first, then ``models``."""
+        return tuple(dict.fromkeys((self.model, *self.models)))
 
     @property
     def db_path(self) -> Path:

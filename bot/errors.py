@@ -3,12 +3,15 @@
 Tree::
 
     BotError                    base of everything raised here
+    ├── AttachmentTooLargeError an image cannot fit the upload limit, even at its smallest
     ├── ConfigError             a setting is invalid (names the field and the value)
     ├── IllegalTransitionError  a job state change the state machine forbids
     ├── JobNotFoundError        no job with that id
     ├── StorageError            the database cannot be used (e.g. its schema is newer than this code)
     └── UserFacingError         carries the only text a user sees
         ├── QueueFullError      the guild's queue or the user's cap is full
+        ├── CooldownError       the user asked again within the server's cooldown
+        ├── InvalidSettingError a /settings value is out of bounds (names the setting and the bound)
         ├── PromptBlockedError  the prompt filter refused the prompt
         └── InvalidRequestError an option of a request is out of range
 """
@@ -18,6 +21,20 @@ from __future__ import annotations
 
 class BotError(Exception):
     """Base class for errors raised by the ``bot`` package."""
+
+
+class AttachmentTooLargeError(BotError):
+    """Even the smallest version of an image is larger than the upload limit.
+
+    Attributes:
+        limit: the upload limit in bytes.
+        smallest: the size in bytes of the smallest version that was tried.
+    """
+
+    def __init__(self, message: str, *, limit: int, smallest: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.smallest = smallest
 
 
 class ConfigError(BotError, ValueError):
@@ -49,6 +66,22 @@ class UserFacingError(BotError):
 
 class QueueFullError(UserFacingError):
     """A per-user or per-guild queue cap is reached."""
+
+
+class CooldownError(UserFacingError):
+    """The user's last accepted job in this server is more recent than its cooldown allows.
+
+    Attributes:
+        retry_after: whole seconds until the next request is accepted.
+    """
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InvalidSettingError(UserFacingError, ValueError):
+    """A server setting is invalid; the message names the setting and what is allowed."""
 
 
 class InvalidRequestError(UserFacingError, ValueError):

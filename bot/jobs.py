@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+
+from PIL import Image
 
 from bot.errors import IllegalTransitionError, InvalidRequestError
 from models.types import MAX_SEED, GenerationRequest
@@ -61,6 +64,38 @@ def check_transition(job_id: str, current: JobState, target: JobState) -> None:
         raise IllegalTransitionError(f"job {job_id}: cannot go from {current} to {target}")
 
 
+class JobKind(StrEnum):
+    """What a job makes: new images from a prompt, or images that start from an earlier one."""
+
+    IMAGINE = "imagine"  # text to image
+    VARY = "vary"  # image to image from one output, at a variation strength
+    UPSCALE = "upscale"  # one output at twice the size, refined by a light image-to-image pass
+
+
+# How far a variation may move from its source (image-to-image strength, 0..1).
+VARIATION_STRENGTH = {"subtle": 0.4, "strong": 0.75}
+UPSCALE_STRENGTH = 0.3  # enough to add detail at the new size, little enough to keep the picture
+UPSCALE_FACTOR = 2
+# Why a variation or upscale failed before it ran (shown to the user as they are).
+SOURCE_MISSING = "the image it starts from is no longer available"
+SOURCE_UNREADABLE = "the image it starts from could not be read"
+SOURCE_ERRORS = frozenset({SOURCE_MISSING, SOURCE_UNREADABLE})
+
+
+def steps_for(steps: int, strength: float) -> int:
+    """At least ``steps``, and enough that ``int(steps * strength)`` (what diffusers runs) is >= 1."""
+    return max(steps, math.ceil(1 / strength - 1e-9))
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks for a job that derives from another (a reroll, variation or upscale), and where."""
+
+    user_id: str
+    channel_id: str | None
+    age_restricted: bool
+
+
 # Request limits. The Discord front end exposes the same ranges as typed options.
 MAX_PROMPT_CHARS = 1000
 MAX_IMAGES = 4
@@ -94,8 +129,12 @@ class JobRequest:
     guild_id: str
     user_id: str
     channel_id: str | None = None
-    parent_job_id: str | None = None
+    parent_job_id: str | None = None  # the job this one came from (reroll, variation, upscale)
     age_restricted: bool = False  # from an age-restricted channel: suggestive (never explicit) may pass
+    kind: JobKind = JobKind.IMAGINE
+    source_job_id: str | None = None  # VARY / UPSCALE: the image they start from...
+    source_index: int | None = None  # ...is this output of that job
+    strength: float | None = None  # VARY / UPSCALE: image-to-image strength
 
     @classmethod
     def create(
@@ -115,6 +154,10 @@ class JobRequest:
         channel_id: str | None = None,
         parent_job_id: str | None = None,
         age_restricted: bool = False,
+        kind: JobKind = JobKind.IMAGINE,
+        source_job_id: str | None = None,
+        source_index: int | None = None,
+        strength: float | None = None,
     ) -> JobRequest:
         """Validate every option; raise :class:`InvalidRequestError` naming the bad one."""
         prompt = prompt.strip()
@@ -139,6 +182,7 @@ class JobRequest:
             raise InvalidRequestError(f"guidance: {guidance} is outside 0..{MAX_GUIDANCE}")
         if not model:
             raise InvalidRequestError("model: must not be empty")
+        _check_source(JobKind(kind), source_job_id, source_index, strength, steps)
         return cls(
             prompt=prompt,
             negative_prompt=negative_prompt.strip(),
@@ -154,7 +198,20 @@ class JobRequest:
             channel_id=channel_id,
             parent_job_id=parent_job_id,
             age_restricted=age_restricted,
+            kind=JobKind(kind),
+            source_job_id=source_job_id,
+            source_index=source_index,
+            strength=strength,
         )
+
+    def rerolled(self, by: Requester, *, parent_job_id: str) -> JobRequest:
+        """The same request with a new random seed, asked for by ``by``."""
+        return JobRequest.create(**(asdict(self) | asdict(by) | {"seed": None, "parent_job_id": parent_job_id}))
+
+    @property
+    def effective_steps(self) -> int:
+        """Denoising steps the pipeline runs: image-to-image runs ``int(steps * strength)``."""
+        return self.steps if self.strength is None else int(self.steps * self.strength)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -163,8 +220,8 @@ class JobRequest:
 
     @property
     def cost(self) -> int:
-        """Scheduling cost: steps x pixels x images (in units of 64x64 pixels)."""
-        return self.steps * (self.width // 64) * (self.height // 64) * self.count
+        """Scheduling cost: steps run x pixels x images (in units of 64x64 pixels)."""
+        return self.effective_steps * (self.width // 64) * (self.height // 64) * self.count
 
 
 @dataclass(frozen=True)
@@ -193,7 +250,10 @@ class Job:
         finished = at if target.finished else self.finished_at
         return replace(self, state=target, updated_at=at, started_at=started, finished_at=finished, error=error)
 
-    def generation_request(self, *, strictness: str = "standard") -> GenerationRequest:
+    def generation_request(
+        self, *, strictness: str = "standard", init_image: Image.Image | None = None
+    ) -> GenerationRequest:
+        """What the worker needs; ``init_image`` is the source image of a variation or upscale."""
         r = self.request
         return GenerationRequest(
             job_id=self.id,
@@ -208,4 +268,58 @@ class Job:
             guild_id=r.guild_id,
             strictness=strictness,
             allow_suggestive=r.age_restricted,
+            init_image=init_image,
+            strength=r.strength,
         )
+
+
+def _check_source(kind: JobKind, job_id: str | None, index: int | None, strength: float | None, steps: int) -> None:
+    if kind is JobKind.IMAGINE:
+        if job_id is not None or index is not None or strength is not None:
+            raise InvalidRequestError("source: a text-to-image job starts from no image")
+        return
+    if job_id is None or index is None or not 0 <= index < MAX_IMAGES:
+        raise InvalidRequestError(f"source: {kind} needs the job and image (0..{MAX_IMAGES - 1}) it starts from")
+    if strength is None or not 0.0 < strength <= 1.0:
+        raise InvalidRequestError(f"strength: {strength} is outside (0, 1]")
+    if int(steps * strength) < 1:
+        raise InvalidRequestError(
+            f"steps: {steps} steps at strength {strength} run none; use {steps_for(steps, strength)}"
+        )
+
+
+def variation_request(source: Job, index: int, strength: float, by: Requester) -> JobRequest:
+    """Variations of image ``index`` of ``source``: as many images as it had, from a new seed.
+
+    Raises:
+        InvalidRequestError: ``index`` or ``strength`` is out of range.
+    """
+    r = source.request
+    return JobRequest.create(
+        r.prompt, model=r.model, negative_prompt=r.negative_prompt, steps=steps_for(r.steps, strength),
+        width=r.width, height=r.height, count=r.count, guidance=r.guidance, guild_id=r.guild_id,
+        parent_job_id=source.id, kind=JobKind.VARY, source_job_id=source.id, source_index=index, strength=strength,
+        **asdict(by),
+    )  # fmt: skip
+
+
+def upscale_request(source: Job, index: int, seed: int, by: Requester, *, max_side: int) -> JobRequest:
+    """Image ``index`` of ``source`` at twice its size, refined with that image's own seed.
+
+    Raises:
+        InvalidRequestError: twice the size would pass ``max_side`` (what the model handles).
+    """
+    r = source.request
+    if not can_upscale(r, max_side):
+        raise InvalidRequestError(f"This image is already {r.width}x{r.height}; this model upscales to at most "
+                                  f"{min(max_side, MAX_SIDE)} pixels a side.")  # fmt: skip
+    return JobRequest.create(
+        r.prompt, model=r.model, negative_prompt=r.negative_prompt, seed=seed,
+        steps=steps_for(r.steps, UPSCALE_STRENGTH), width=r.width * UPSCALE_FACTOR, height=r.height * UPSCALE_FACTOR,
+        count=1, guidance=r.guidance, guild_id=r.guild_id, parent_job_id=source.id, kind=JobKind.UPSCALE,
+        source_job_id=source.id, source_index=index, strength=UPSCALE_STRENGTH, **asdict(by),
+    )  # fmt: skip
+
+
+def can_upscale(request: JobRequest, max_side: int) -> bool:
+    return max(request.width, request.height) * UPSCALE_FACTOR <= min(max_side, MAX_SIDE)

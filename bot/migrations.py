@@ -126,7 +126,15 @@ CREATE TABLE votes (
 CREATE INDEX votes_guild_at ON votes (guild_id, at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# v5: variations and upscales start from an earlier output (image-to-image at a strength).
+_V5 = """
+ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'imagine' CHECK (kind IN ('imagine', 'vary', 'upscale'));
+ALTER TABLE jobs ADD COLUMN source_job_id TEXT;
+ALTER TABLE jobs ADD COLUMN source_index INTEGER;
+ALTER TABLE jobs ADD COLUMN strength REAL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 """Migration scripts in order; the schema version of a fully migrated database is ``len(MIGRATIONS)``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

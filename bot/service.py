@@ -12,20 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from PIL import Image
+
 from bot.config import Settings
-from bot.errors import IllegalTransitionError, PromptBlockedError, QueueFullError
-from bot.jobs import ACTIVE_STATES, Job, JobRequest, JobState
+from bot.errors import CooldownError, IllegalTransitionError, PromptBlockedError, QueueFullError
+from bot.guild_config import GuildConfig, GuildConfigStore
+from bot.jobs import ACTIVE_STATES, SOURCE_MISSING, SOURCE_UNREADABLE, Job, JobRequest, JobState
 from bot.outputs import ImageStore, make_grid, make_preview
 from bot.records import OutputRecord, VerdictRecord
 from bot.scheduler import FairScheduler, QueuedJob
 from bot.storage import Storage
 from bot.throughput import ThroughputMeter
-from models.types import StepProgress, Verdict
+from models.types import GenerationRequest, StepProgress, Verdict
 from models.worker import JobOutcome, OutcomeKind, Worker
 from safety.policy import CheckContext
 
@@ -63,6 +67,24 @@ class PromptContext:
     height: int
 
 
+class SourceImageError(Exception):
+    """A variation's or upscale's source image is missing or unreadable (the job fails with this)."""
+
+
+def load_source(path: str, size: tuple[int, int]) -> Image.Image:
+    """Read a stored output as RGB at ``size`` (an upscale's source doubles with a clean filter)."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    return rgb if rgb.size == size else rgb.resize(size, Image.Resampling.LANCZOS)
+
+
+def _with_channel_policy(request: JobRequest, config: GuildConfig) -> JobRequest:
+    """The request as its channel's NSFW policy allows: a ``strict`` channel takes suggestive content away."""
+    channel = int(request.channel_id) if request.channel_id and request.channel_id.isdigit() else None
+    allowed = config.allows_suggestive(channel, request.age_restricted)
+    return request if allowed == request.age_restricted else replace(request, age_restricted=allowed)
+
+
 def final_state(decisions: Sequence[str]) -> JobState:
     """A job with any flagged image is held whole; otherwise done if anything is allowed."""
     if "flag" in decisions:
@@ -74,7 +96,7 @@ def final_state(decisions: Sequence[str]) -> JobState:
 
 def to_queued(job: Job) -> QueuedJob:
     r = job.request
-    key = (r.model, r.width, r.height, r.steps, r.guidance)
+    key = (r.model, r.width, r.height, r.steps, r.guidance, r.strength)
     return QueuedJob(job.id, r.guild_id, r.user_id, r.cost, r.count, key, job.created_at)
 
 
@@ -154,21 +176,30 @@ class ImagineService:
 
     # --- requests ---
 
-    async def submit(self, request: JobRequest, *, enforce_caps: bool = True) -> Job:
+    async def submit(self, request: JobRequest, *, enforce_caps: bool = True, prechecked: bool = False) -> Job:
         """Accept a request: check caps, persist it as ``queued``, schedule it.
 
         Args:
             request: a validated request.
             enforce_caps: False for operators (the CLI), who are not rate-limited.
+            prechecked: :meth:`precheck` has just passed this very request, so its prompt is not
+                judged twice (the caps still are: they may have been reached since).
+
+        The server's /settings apply: its caps and cooldown, and its channel's NSFW policy (which may
+        only take away what an age-restricted channel allows).
 
         Raises:
             QueueFullError: a per-user or per-guild cap is reached (a user-facing message).
+            CooldownError: the user's last job in this server is more recent than its cooldown allows.
             PromptBlockedError: the prompt filter blocked the prompt (the message says why, in plain words).
         """
-        await self._check_prompt(request)
+        config = await self.guild_config(request.guild_id)
+        request = _with_channel_policy(request, config)
+        if not prechecked:
+            await self._check_prompt(request, config)
         async with self._submit_lock:  # check + insert + schedule as one step: caps cannot be raced
             if enforce_caps:
-                self._check_caps(request)
+                await self._check_caps(request, config)
             job = Job.new(request)
             await self.storage.insert_job(job)
             self._scheduler.restore(to_queued(job))
@@ -182,19 +213,21 @@ class ImagineService:
         Raises:
             PromptBlockedError: the prompt is blocked.
             QueueFullError: a cap is reached.
+            CooldownError: the server's cooldown has not passed since the user's last job there.
         """
-        await self._check_prompt(request)
+        config = await self.guild_config(request.guild_id)
+        await self._check_prompt(_with_channel_policy(request, config), config)
         if enforce_caps:
-            self._check_caps(request)
+            await self._check_caps(request, config)
 
     def queued_for_guild(self, guild_id: str) -> int:
         return self._scheduler.queued_for_guild(guild_id)
 
-    async def _check_prompt(self, request: JobRequest) -> None:
+    async def _check_prompt(self, request: JobRequest, config: GuildConfig) -> None:
         if self._prompt_gate is None:
             return
-        context = PromptContext(request.prompt, request.guild_id, await self._strictness(request.guild_id),
-                                request.age_restricted, request.width, request.height)  # fmt: skip
+        context = PromptContext(request.prompt, request.guild_id, config.strictness, request.age_restricted,
+                                request.width, request.height)  # fmt: skip
         verdict = self._prompt_gate.check_prompt(context)  # microseconds: fine on the loop
         if verdict.decision == "block":
             await self.storage.audit(
@@ -203,7 +236,8 @@ class ImagineService:
             )  # fmt: skip
             raise PromptBlockedError(verdict.reason, verdict.category)
 
-    def _check_caps(self, request: JobRequest) -> None:
+    async def _check_caps(self, request: JobRequest, config: GuildConfig) -> None:
+        """The operator's per-user cap (all servers), then this server's caps and cooldown."""
         s = self.settings
         active = self._scheduler.active_for_user(request.user_id)
         if active >= s.per_user_cap:
@@ -211,10 +245,25 @@ class ImagineService:
                 f"You already have {active} jobs queued or running (the limit is {s.per_user_cap}). "
                 "Wait for one to finish or cancel one."
             )
-        if self._scheduler.queued_for_guild(request.guild_id) >= s.per_guild_queue_cap:
-            raise QueueFullError(
-                f"This server's queue is full ({s.per_guild_queue_cap} jobs). Try again in a few minutes."
-            )
+        if active >= config.per_user_cap:  # only then can this server's (tighter) cap be reached
+            mine = await self.storage.list_jobs(limit=config.per_user_cap, guild_id=request.guild_id,
+                                                user_id=request.user_id, states=ACTIVE_STATES)  # fmt: skip
+            if len(mine) >= config.per_user_cap:
+                raise QueueFullError(
+                    f"You already have {len(mine)} jobs queued or running in this server (its limit is "
+                    f"{config.per_user_cap}). Wait for one to finish or cancel one."
+                )
+        if self._scheduler.queued_for_guild(request.guild_id) >= config.queue_cap:
+            raise QueueFullError(f"This server's queue is full ({config.queue_cap} jobs). Try again in a few minutes.")
+        if config.cooldown_seconds:
+            last = await self.storage.list_jobs(limit=1, guild_id=request.guild_id, user_id=request.user_id)
+            wait = math.ceil(last[0].created_at + config.cooldown_seconds - time.time()) if last else 0
+            if wait > 0:
+                raise CooldownError(
+                    f"This server has a {config.cooldown_seconds} s cooldown between requests: "
+                    f"wait {wait} more second{'s' if wait != 1 else ''}.",
+                    retry_after=wait,
+                )
 
     async def preload(self, model: str) -> None:
         """Load a model on the worker now, so a bad model fails before any job is accepted."""
@@ -296,7 +345,16 @@ class ImagineService:
         if not jobs:
             return
         started = time.monotonic()
-        requests = [job.generation_request(strictness=await self._strictness(job.request.guild_id)) for job in jobs]
+        requests = []
+        for job in list(jobs):
+            try:
+                requests.append(await self._generation_request(job))
+            except SourceImageError as exc:
+                jobs.remove(job)
+                self._running.discard(job.id)
+                self._finished(await self.storage.transition(job.id, JobState.FAILED, error=str(exc)))
+        if not jobs:
+            return
         try:
             outcomes = await self._worker.run(requests, on_progress=self._on_progress)
         except Exception as exc:
@@ -309,9 +367,32 @@ class ImagineService:
                 self._running.discard(job.id)
         self._meter.record(sum(job.request.cost for job in jobs), time.monotonic() - started)
 
+    async def guild_config(self, guild_id: str) -> GuildConfig:
+        """A server's /settings over the operator's defaults and limits."""
+        return await GuildConfigStore(self.storage, self.settings).load(guild_id)
+
     async def _strictness(self, guild_id: str) -> str:
-        value = await self.storage.get_guild_setting(guild_id, "strictness", self.settings.strictness)
-        return str(value)
+        return (await self.guild_config(guild_id)).strictness
+
+    async def _generation_request(self, job: Job) -> GenerationRequest:
+        """What the worker needs for ``job``, with the source image of a variation or upscale loaded.
+
+        Raises:
+            SourceImageError: the image the job starts from is gone or unreadable.
+        """
+        r = job.request
+        init_image = None
+        if r.source_job_id is not None and r.source_index is not None:
+            outputs = {o.index: o for o in await self.storage.outputs_for(r.source_job_id)}
+            source = outputs.get(r.source_index)
+            if source is None:
+                raise SourceImageError(SOURCE_MISSING)
+            try:
+                init_image = await asyncio.to_thread(load_source, source.path, (r.width, r.height))
+            except OSError as exc:
+                logger.warning("job %s: cannot read its source image %s: %s", job.id, source.path, exc)
+                raise SourceImageError(SOURCE_UNREADABLE) from exc
+        return job.generation_request(strictness=await self._strictness(r.guild_id), init_image=init_image)
 
     def _on_progress(self, progress: StepProgress) -> None:
         for job_id in progress.job_ids:

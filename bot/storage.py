@@ -27,7 +27,7 @@ from typing import TypeAlias
 import aiosqlite
 
 from bot.errors import JobNotFoundError, StorageError
-from bot.jobs import Job, JobRequest, JobState
+from bot.jobs import Job, JobKind, JobRequest, JobState
 from bot.migrations import MIGRATIONS, SCHEMA_VERSION, statements
 from bot.records import AuditRecord, JobEvent, OutputRecord, VerdictRecord
 
@@ -75,6 +75,10 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         channel_id=row["channel_id"],
         parent_job_id=row["parent_job_id"],
         age_restricted=bool(row["age_restricted"]),
+        kind=JobKind(row["kind"]),
+        source_job_id=row["source_job_id"],
+        source_index=row["source_index"],
+        strength=row["strength"],
     )
     return Job(
         id=row["id"],
@@ -240,13 +244,15 @@ class Storage:
                 await db.execute(
                     "INSERT INTO jobs (id, guild_id, channel_id, user_id, prompt, negative_prompt, seed, steps,"
                     " width, height, count, guidance, model, parent_job_id, state, error, grid_path,"
-                    " created_at, updated_at, started_at, finished_at, age_restricted)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, updated_at, started_at, finished_at, age_restricted, kind, source_job_id,"
+                    " source_index, strength)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.id, r.guild_id, r.channel_id, r.user_id, r.prompt, r.negative_prompt, r.seed,
                         r.steps, r.width, r.height, r.count, r.guidance, r.model, r.parent_job_id,
                         job.state.value, job.error, job.grid_path,
                         job.created_at, job.updated_at, job.started_at, job.finished_at, int(r.age_restricted),
+                        r.kind.value, r.source_job_id, r.source_index, r.strength,
                     ),
                 )  # fmt: skip
                 await db.execute(
@@ -510,6 +516,11 @@ class Storage:
             return default
         value: JSONValue = json.loads(rows[0]["value"])
         return value
+
+    async def guild_settings(self, guild_id: str) -> dict[str, JSONValue]:
+        """Every stored setting of one guild, by key (one read, for building a whole configuration)."""
+        rows = await self._fetchall("SELECT key, value FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        return {row["key"]: json.loads(row["value"]) for row in rows}
 
     async def set_guild_setting(self, guild_id: str, key: str, value: JSONLike) -> None:
         """Store one guild setting as JSON, replacing any earlier value.

@@ -34,6 +34,7 @@ class FakeGenerator:
         self.fail_with = fail_with
         self.flat = flat
         self.calls: list[list[str]] = []
+        self.requests: list[GenerationRequest] = []
         self.step_started = threading.Event()
 
     @property
@@ -48,6 +49,7 @@ class FakeGenerator:
         is_cancelled: CancelCheck | None = None,
     ) -> list[GeneratedImages]:
         self.calls.append([r.job_id for r in requests])
+        self.requests.extend(requests)
         if self.fail_with is not None:
             raise self.fail_with
         ids = tuple(r.job_id for r in requests)

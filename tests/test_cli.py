@@ -126,3 +126,28 @@ def test_run_needs_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     monkeypatch.delenv("IMAGINEBOT_DISCORD_TOKEN", raising=False)
     assert main(["run"]) == 2
     assert "needs a token" in capsys.readouterr().err
+
+
+def test_invite_prints_the_link_the_readme_describes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.chat.client import INVITE_PERMISSIONS
+
+    monkeypatch.setenv("IMAGINEBOT_DATA_DIR", str(tmp_path))
+    assert main(["invite", "123456789012345678"]) == 0
+    link = capsys.readouterr().out.strip()
+    assert link == ("https://discord.com/oauth2/authorize?client_id=123456789012345678"
+                    f"&scope=bot+applications.commands&permissions={INVITE_PERMISSIONS.value}")  # fmt: skip
+    granted = {name for name, on in INVITE_PERMISSIONS if on}
+    assert granted == {
+        "read_messages",
+        "send_messages",
+        "send_messages_in_threads",
+        "embed_links",
+        "attach_files",
+        "read_message_history",
+    }  # fmt: skip  (read_messages is "View Channels")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"permissions={INVITE_PERMISSIONS.value}" in readme
+    assert main(["invite", "my-bot"]) == 2
+    assert "is not an application id" in capsys.readouterr().err

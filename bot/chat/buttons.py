@@ -1,4 +1,5 @@
-"""Persistent buttons under a result: U1-U4, Reroll, Vote 1-4, Delete, and Cancel while it runs.
+"""Persistent buttons: U1-U4, V1-V4, Reroll, Vote 1-4 and Delete under a grid; Vary (subtle),
+Vary (strong), Upscale x2 under a single image; Cancel while a job runs.
 
 Persistent buttons need ``timeout=None`` and a stable ``custom_id`` (discord.py's persistent-view
 example says so too); we use ``DynamicItem`` so the ``custom_id`` itself carries the job id and the
@@ -15,10 +16,20 @@ import discord
 if TYPE_CHECKING:
     from bot.chat.imagine import ImagineCog
 
-ACTIONS = {"u": "upscale", "r": "reroll", "x": "cancel", "k": "vote", "d": "delete"}
+ACTIONS = {
+    "u": "select",  # post one image of a grid alone, at full size
+    "v": "vary",  # variations at the server's default strength
+    "s": "vary subtly",
+    "g": "vary strongly",
+    "z": "upscale",
+    "r": "reroll",
+    "x": "cancel",
+    "k": "vote",
+    "d": "delete",
+}
 
 
-TEMPLATE = r"ib:(?P<action>[urxkd]):(?P<job>[0-9a-z]+)(?::(?P<index>[0-3]))?"
+TEMPLATE = r"ib:(?P<action>[uvsgzrxkd]):(?P<job>[0-9a-z]+)(?::(?P<index>[0-3]))?"
 
 
 class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLATE):
@@ -51,21 +62,35 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEMPLAT
 
 
 def result_view(job_id: str, images: int, *, allowed: list[int]) -> discord.ui.View:
-    """Row 1: U buttons for the images that were allowed, then Reroll. Row 2: a vote per image."""
+    """Row 1: U per allowed image, then Reroll. Row 2: V per allowed image. Row 3: votes, Delete."""
     view = discord.ui.View(timeout=None)
-    for index in range(images):
-        if index in allowed:
-            view.add_item(JobButton("u", job_id, index, label=f"U{index + 1}"))
+    for index in allowed:
+        view.add_item(JobButton("u", job_id, index, label=f"U{index + 1}"))
     view.add_item(JobButton("r", job_id, label="🔄 Reroll"))
+    for index in allowed:
+        view.add_item(_on_row(JobButton("v", job_id, index, label=f"V{index + 1}"), 1))
     if len(allowed) > 1:  # nothing to choose between otherwise
         for index in allowed:
-            button = JobButton("k", job_id, index, label=f"Vote {index + 1}")
-            button.item.row = 1
-            view.add_item(button)
-    delete = JobButton("d", job_id, label="🗑 Delete")
-    delete.item.row = 1
-    view.add_item(delete)
+            view.add_item(_on_row(JobButton("k", job_id, index, label=f"Vote {index + 1}"), 2))
+    view.add_item(_on_row(JobButton("d", job_id, label="🗑 Delete"), 2))
     return view
+
+
+def image_view(job_id: str, index: int, *, upscale: bool, delete: bool = False) -> discord.ui.View:
+    """Under one image: Vary (subtle), Vary (strong), Upscale x2 where the model allows it."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton("s", job_id, index, label="Vary (subtle)"))
+    view.add_item(JobButton("g", job_id, index, label="Vary (strong)"))
+    if upscale:
+        view.add_item(JobButton("z", job_id, index, label="Upscale \u00d72"))
+    if delete:
+        view.add_item(JobButton("d", job_id, label="🗑 Delete"))
+    return view
+
+
+def _on_row(button: JobButton, row: int) -> JobButton:
+    button.item.row = row
+    return button
 
 
 def progress_view(job_id: str) -> discord.ui.View:

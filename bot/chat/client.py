@@ -14,10 +14,35 @@ from discord.ext import commands
 from bot.app import open_service
 from bot.chat.buttons import JobButton
 from bot.chat.imagine import ImagineCog
+from bot.chat.settings import SettingsCog
 from bot.config import Settings
 from bot.errors import ConfigError, UserFacingError
 
 logger = logging.getLogger(__name__)
+
+
+# What the bot needs in a channel: see it, answer, post in threads, attach images (and embed them),
+# and read the history its buttons live in. Nothing else: no Administrator, no Manage anything.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+)
+INVITE_SCOPES = ("bot", "applications.commands")
+
+
+def invite_url(client_id: str) -> str:
+    """The OAuth2 link that adds the bot to a server with :data:`INVITE_PERMISSIONS`.
+
+    Raises:
+        ValueError: ``client_id`` is not an application id (a Discord snowflake: digits).
+    """
+    if not client_id.isdigit() or not 15 <= len(client_id) <= 21:
+        raise ValueError(f"{client_id[:40]!r} is not an application id (15-21 digits, from the developer portal)")
+    return discord.utils.oauth_url(client_id, permissions=INVITE_PERMISSIONS, scopes=INVITE_SCOPES)
 
 
 def use_endpoints(settings: Settings) -> None:
@@ -28,8 +53,14 @@ def use_endpoints(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
-class ImagineBot(commands.Bot):
-    """imaginebot in Discord. Async setup lives in :meth:`setup_hook`, never in ``__init__``."""
+class ImagineBot(commands.AutoShardedBot):
+    """imaginebot in Discord. Async setup lives in :meth:`setup_hook`, never in ``__init__``.
+
+    Sharded automatically: unless ``shard_count`` is passed, discord.py asks ``GET /gateway/bot``
+    for the number of shards Discord recommends (it grows with the guild count, one per ~1000 guilds)
+    and opens one gateway connection per shard, so a small bot runs one shard and a large one as
+    many as Discord requires, without a setting.
+    """
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),
@@ -38,9 +69,17 @@ class ImagineBot(commands.Bot):
         self.settings = settings
         self._resources = AsyncExitStack()
 
+    async def launch_shards(self) -> None:
+        if self.shard_count is None and self.settings.discord_gateway_url:
+            # discord.py would connect to the URL that /gateway/bot names and bypass the configured
+            # gateway; take only the count from Discord, and discord.py then uses DEFAULT_GATEWAY.
+            self.shard_count, _, _ = await self.http.get_bot_gateway()
+        await super().launch_shards()
+
     async def setup_hook(self) -> None:
         service = await self._resources.enter_async_context(open_service(self.settings))
         await self.add_cog(ImagineCog(self, service))
+        await self.add_cog(SettingsCog(self, service))
         self.add_dynamic_items(JobButton)
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
         await self.sync_commands()

@@ -20,10 +20,26 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.buttons import progress_view, result_view
+from bot.chat.attachments import fit_image
+from bot.chat.buttons import image_view, progress_view, result_view
 from bot.chat.render import ASPECTS, ending_text, progress_text, queued_text, result_text, size_for, tally_text
-from bot.errors import IllegalTransitionError, JobNotFoundError, UserFacingError
-from bot.jobs import MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS, Job, JobRequest, JobState
+from bot.errors import AttachmentTooLargeError, IllegalTransitionError, JobNotFoundError, UserFacingError
+from bot.guild_config import GuildConfig
+from bot.jobs import (
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_STEPS,
+    VARIATION_STRENGTH,
+    Job,
+    JobKind,
+    JobRequest,
+    JobState,
+    Requester,
+    can_upscale,
+    upscale_request,
+    variation_request,
+)
+from bot.records import OutputRecord
 from bot.service import ImagineService, JobUpdate
 from models import catalog
 from models.types import MAX_SEED
@@ -50,7 +66,7 @@ class Delivery:
 class ImagineCog(commands.Cog):
     """/imagine, /queue and /cancel, and the buttons under results."""
 
-    def __init__(self, bot: commands.Bot, service: ImagineService) -> None:
+    def __init__(self, bot: commands.AutoShardedBot, service: ImagineService) -> None:
         self.bot = bot
         self.service = service
         self._deliveries: dict[str, Delivery] = {}
@@ -92,13 +108,22 @@ class ImagineCog(commands.Cog):
             model: Which model (this server's default if left out).
         """
         try:
-            request = self._request(interaction, prompt, negative, aspect, seed, steps, guidance, count, model)
+            request = await self._request(interaction, prompt, negative, aspect, seed, steps, guidance, count, model)
             await self.service.precheck(request)  # prompt filter and caps: refuse privately, before deferring
         except UserFacingError as exc:
             await interaction.response.send_message(exc.message, ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
         await self._start(interaction, request)
+
+    @imagine.autocomplete("model")
+    async def _complete_model(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """This server's allowed models that contain what was typed (Discord shows at most 25)."""
+        config = await self.service.guild_config(str(interaction.guild_id))
+        matches = [m for m in config.allowed_models if current.lower() in m.lower() and len(m) <= 100]
+        return [app_commands.Choice(name=m, value=m) for m in matches[:25]]
 
     @app_commands.command(name="queue")
     @app_commands.guild_only()
@@ -165,11 +190,13 @@ class ImagineCog(commands.Cog):
             await self._vote(interaction, job, index)
         elif action == "d":
             await self._delete(interaction, job)
-        elif index is not None:
-            await self._upscale(interaction, job, index)
+        elif action == "u" and index is not None:
+            await self._select(interaction, job, index)
+        elif action in ("v", "s", "g", "z") and index is not None:
+            await self._derive(interaction, job, index, action)
 
     async def _cancel(self, interaction: discord.Interaction[Any], job: Job) -> None:
-        if not _may_moderate(interaction, job):
+        if not _may_moderate(interaction, job, await self.service.guild_config(job.request.guild_id)):
             await interaction.response.send_message("Only the person who asked, or a moderator, can cancel this.",
                                                     ephemeral=True)  # fmt: skip
             return
@@ -181,14 +208,38 @@ class ImagineCog(commands.Cog):
         await interaction.response.send_message("Cancelling.", ephemeral=True)
 
     async def _reroll(self, interaction: discord.Interaction[Any], job: Job) -> None:
-        r = job.request
+        """Same parameters (a variation stays a variation of the same image), new seed."""
         try:
-            request = JobRequest.create(
-                r.prompt, model=r.model, negative_prompt=r.negative_prompt, steps=r.steps, width=r.width,
-                height=r.height, count=r.count, guidance=r.guidance, guild_id=str(interaction.guild_id),
-                user_id=str(interaction.user.id), channel_id=str(interaction.channel_id), parent_job_id=job.id,
-                age_restricted=_age_restricted(interaction),
-            )  # fmt: skip
+            config = await self._click_config(interaction, job)
+            request = job.request.rerolled(_requester(interaction, config), parent_job_id=job.id)
+        except UserFacingError as exc:
+            await interaction.response.send_message(exc.message, ephemeral=True)
+            return
+        await self._accept(interaction, request)
+
+    async def _derive(self, interaction: discord.Interaction[Any], job: Job, index: int, action: str) -> None:
+        """V1-V4 and Vary (subtle/strong): variations of one image; Upscale x2: that image, twice the size."""
+        output = await self._allowed_output(job, index)
+        if output is None:
+            await interaction.response.send_message("That image is not available.", ephemeral=True)
+            return
+        try:
+            config = await self._click_config(interaction, job)
+            by = _requester(interaction, config)
+            if action == "z":
+                max_side = catalog.preset_for(job.request.model).max_side
+                request = upscale_request(job, index, output.seed, by, max_side=max_side)
+            else:
+                mode = {"s": "subtle", "g": "strong"}.get(action, config.variation_mode)
+                request = variation_request(job, index, VARIATION_STRENGTH[mode], by)
+        except UserFacingError as exc:
+            await interaction.response.send_message(exc.message, ephemeral=True)
+            return
+        await self._accept(interaction, request)
+
+    async def _accept(self, interaction: discord.Interaction[Any], request: JobRequest) -> None:
+        """Check a request made by a click, answer privately if refused, else defer and queue it."""
+        try:
             await self.service.precheck(request)
         except UserFacingError as exc:
             await interaction.response.send_message(exc.message, ephemeral=True)
@@ -196,8 +247,27 @@ class ImagineCog(commands.Cog):
         await interaction.response.defer(thinking=True)
         await self._start(interaction, request)
 
+    async def _click_config(self, interaction: discord.Interaction[Any], job: Job) -> GuildConfig:
+        """This server's /settings, once a click that makes a new job is allowed here with the job's model.
+
+        Raises:
+            UserFacingError: /imagine is not allowed in this channel, or the model no longer is.
+        """
+        config = await self.service.guild_config(str(interaction.guild_id))
+        _check_here(interaction, config, job.request.model, leave_out=False)
+        return config
+
+    async def _allowed_output(self, job: Job, index: int) -> OutputRecord | None:
+        """Output ``index`` of ``job`` if it may be shown and reused: finished, stored and allowed."""
+        if job.state not in (JobState.DONE, JobState.APPROVED):
+            return None
+        verdicts = {v.index: v.decision for v in await self.service.storage.verdicts_for(job.id)}
+        if verdicts.get(index) != "allow":
+            return None
+        return next((o for o in await self.service.storage.outputs_for(job.id) if o.index == index), None)
+
     async def _delete(self, interaction: discord.Interaction[Any], job: Job) -> None:
-        if not _may_moderate(interaction, job):
+        if not _may_moderate(interaction, job, await self.service.guild_config(job.request.guild_id)):
             await interaction.response.send_message("Only the person who asked, or a moderator, can delete this.",
                                                     ephemeral=True)  # fmt: skip
             return
@@ -240,38 +310,43 @@ class ImagineCog(commands.Cog):
         text = "\n".join(lines) if lines else f"No votes this {period}." if period != "all" else "No votes yet."
         await interaction.response.send_message(text, allowed_mentions=discord.AllowedMentions.none())
 
-    async def _upscale(self, interaction: discord.Interaction[Any], job: Job, index: int) -> None:
-        outputs = {o.index: o for o in await self.service.storage.outputs_for(job.id)}
-        verdicts = {v.index: v for v in await self.service.storage.verdicts_for(job.id)}
-        output = outputs.get(index)
-        if output is None or job.state not in (JobState.DONE, JobState.APPROVED) or verdicts[index].decision != "allow":
+    async def _select(self, interaction: discord.Interaction[Any], job: Job, index: int) -> None:
+        """U1-U4: post one image of the grid alone, at full size, with its own buttons."""
+        output = await self._allowed_output(job, index)
+        if output is None:
             await interaction.response.send_message("That image is not available.", ephemeral=True)
             return
-        file = discord.File(output.path, filename=f"{job.id}-{index + 1}.png")
+        files = await self._fitted(f"{job.id}-{index + 1}", output.path, interaction.filesize_limit)
+        view = image_view(job.id, index, upscale=self._upscalable(job))
         await interaction.response.send_message(
-            f"Image {index + 1} of **{job.request.prompt[:180]}** · seed `{output.seed}`", file=file
+            f"Image {index + 1} of **{job.request.prompt[:180]}** · seed `{output.seed}`", files=files, view=view
         )
+
+    @staticmethod
+    def _upscalable(job: Job) -> bool:
+        return can_upscale(job.request, catalog.preset_for(job.request.model).max_side)
 
     # --- the job's message ---
 
-    def _request(self, interaction: discord.Interaction[Any], prompt: str, negative: str | None, aspect: str,
-                 seed: int | None, steps: int | None, guidance: float | None, count: int,
-                 model: str | None) -> JobRequest:  # fmt: skip
-        default = self.service.settings.model
-        if model not in (None, default):
-            raise UserFacingError(f"The model {model!r} is not available here; leave it out to use {default!r}.")
-        preset = catalog.preset_for(default)
+    async def _request(self, interaction: discord.Interaction[Any], prompt: str, negative: str | None, aspect: str,
+                       seed: int | None, steps: int | None, guidance: float | None, count: int,
+                       model: str | None) -> JobRequest:  # fmt: skip
+        """The request /imagine makes here, within this server's /settings (channels, models, NSFW policy)."""
+        config = await self.service.guild_config(str(interaction.guild_id))
+        chosen = model or config.default_model
+        _check_here(interaction, config, chosen, leave_out=True)
+        preset = catalog.preset_for(chosen)
         width, height = size_for(aspect, preset.width)
         return JobRequest.create(
-            prompt, model=default, negative_prompt=negative or "", seed=seed, steps=steps or preset.steps,
+            prompt, model=chosen, negative_prompt=negative or "", seed=seed, steps=steps or preset.steps,
             width=width, height=height, count=count, guidance=preset.guidance if guidance is None else guidance,
             guild_id=str(interaction.guild_id), user_id=str(interaction.user.id),
-            channel_id=str(interaction.channel_id), age_restricted=_age_restricted(interaction),
+            channel_id=str(interaction.channel_id), age_restricted=_age_restricted(interaction, config),
         )  # fmt: skip
 
     async def _start(self, interaction: discord.Interaction[Any], request: JobRequest) -> None:
         try:
-            job = await self.service.submit(request)
+            job = await self.service.submit(request, prechecked=True)  # every caller ran precheck first
         except UserFacingError as exc:  # lost a race with the cap since precheck: say so in the message
             await interaction.edit_original_response(content=exc.message)
             return
@@ -315,25 +390,44 @@ class ImagineCog(commands.Cog):
         job = await self.service.storage.get_job(job_id)
         if delivery is None and job.request.channel_id is None:
             return  # not a chat job (e.g. the CLI)
-        content, files, view = await self._final_message(job)
-        if delivery is not None and delivery.interaction is not None and \
-                time.monotonic() - delivery.started < TOKEN_LIFETIME:  # fmt: skip
+        interaction = delivery.interaction if delivery is not None and \
+            time.monotonic() - delivery.started < TOKEN_LIFETIME else None  # fmt: skip
+        content, files, view = await self._final_message(job, self._upload_limit(job, interaction))
+        if interaction is not None:
             try:
-                await delivery.interaction.edit_original_response(content=content, attachments=files, view=view)
+                await interaction.edit_original_response(content=content, attachments=files, view=view)
                 return
             except discord.HTTPException as exc:  # e.g. the token expired early: fall back to the channel
                 logger.warning("editing the response of %s failed (%s); posting in the channel", job_id, exc)
-                content, files, view = await self._final_message(job)  # the failed upload consumed the files
+                # The failed upload consumed the files; a channel post has the guild's limit.
+                content, files, view = await self._final_message(job, self._upload_limit(job, None))
         await self._post_in_channel(job, content, files, view)
 
-    async def _final_message(self, job: Job) -> tuple[str, list[discord.File], discord.ui.View | None]:
+    async def _final_message(self, job: Job, limit: int) -> tuple[str, list[discord.File], discord.ui.View | None]:
         if job.state is JobState.DONE and job.grid_path:
             verdicts = await self.service.storage.verdicts_for(job.id)
             allowed = [v.index for v in verdicts if v.decision == "allow"]
-            file = discord.File(job.grid_path, filename=f"{job.id}.png")
-            return result_text(job), [file], result_view(job.id, job.request.count, allowed=allowed)
+            files = await self._fitted(job.id, job.grid_path, limit)
+            if job.request.kind is JobKind.UPSCALE:  # one image: its own buttons, not a grid's
+                return result_text(job), files, image_view(job.id, 0, upscale=self._upscalable(job), delete=True)
+            return result_text(job), files, result_view(job.id, job.request.count, allowed=allowed)
         reasons = {v.reason for v in await self.service.storage.verdicts_for(job.id) if v.decision == "block"}
         return ending_text(job, next(iter(sorted(reasons)), "")), [], None
+
+    def _upload_limit(self, job: Job, interaction: discord.Interaction[Any] | None) -> int:
+        """Bytes per file where the result goes: the interaction says its limit; a channel post has the guild's."""
+        if interaction is not None:
+            return interaction.filesize_limit  # the payload's attachment_size_limit
+        guild = self.bot.get_guild(int(job.request.guild_id)) if job.request.guild_id.isdigit() else None
+        return guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+
+    async def _fitted(self, stem: str, path: str, limit: int) -> list[discord.File]:
+        """An image as an attachment within ``limit`` (re-encoded off the loop if the PNG is too large)."""
+        try:
+            return [await asyncio.to_thread(fit_image, path, stem, limit)]
+        except AttachmentTooLargeError as exc:  # only with limits far below Discord's: post the text alone
+            logger.warning("%s is not attached: %s", stem, exc)
+            return []
 
     async def _post_in_channel(self, job: Job, content: str, files: list[discord.File],
                                view: discord.ui.View | None) -> None:  # fmt: skip
@@ -360,15 +454,50 @@ class ImagineCog(commands.Cog):
             logger.error("delivering a job update failed", exc_info=task.exception())
 
 
-def _age_restricted(interaction: discord.Interaction[Any]) -> bool:
-    """Discord's own age-restricted ("NSFW") channel flag."""
+def _requester(interaction: discord.Interaction[Any], config: GuildConfig) -> Requester:
+    return Requester(str(interaction.user.id), str(interaction.channel_id), _age_restricted(interaction, config))
+
+
+def _check_here(interaction: discord.Interaction[Any], config: GuildConfig, model: str, *, leave_out: bool) -> None:
+    """Refuse a new job in a channel /settings does not allow, or with a model it does not allow.
+
+    Raises:
+        UserFacingError: saying where /imagine is allowed, or which models are.
+    """
+    if not config.allows_channel(*_channel_ids(interaction)):
+        where = ", ".join(f"<#{c}>" for c in sorted(config.allowed_channels))
+        raise UserFacingError(f"/imagine is not allowed in this channel; this server allows it in {where}.")
+    if model not in config.allowed_models:
+        allowed = ", ".join(f"`{m}`" for m in config.allowed_models)
+        hint = f"; leave it out to use `{config.default_model}`" if leave_out else ""
+        raise UserFacingError(f"The model `{model[:100]}` is not available here (this server allows {allowed}){hint}.")
+
+
+def _channel_ids(interaction: discord.Interaction[Any]) -> tuple[int, ...]:
+    """The channel, and a thread's parent: /settings name channels, and a thread belongs to its parent."""
+    parent = getattr(interaction.channel, "parent_id", None)
+    return tuple(c for c in (interaction.channel_id, parent) if isinstance(c, int))
+
+
+def _age_restricted(interaction: discord.Interaction[Any], config: GuildConfig | None = None) -> bool:
+    """Whether suggestive (never explicit) content may pass here: Discord's own age-restricted ("NSFW")
+    channel flag, unless this server's NSFW policy makes the channel (or a thread's parent) strict.
+
+    Without ``config`` only Discord's flag is read; the service applies the channel's policy again.
+    """
     channel = interaction.channel
-    return bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
+    flagged = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
+    if config is None or not flagged:
+        return flagged
+    return all(config.allows_suggestive(c, flagged) for c in _channel_ids(interaction))
 
 
-def _may_moderate(interaction: discord.Interaction[Any], job: Job) -> bool:
-    """The requester, or a member who can manage messages, may cancel or delete a job."""
+def _may_moderate(interaction: discord.Interaction[Any], job: Job, config: GuildConfig | None = None) -> bool:
+    """The requester, a member who can manage messages, or one with the server's moderator role (/settings)
+    may cancel or delete a job."""
     if str(interaction.user.id) == job.request.user_id:
+        return True
+    if config is not None and config.is_moderator(role.id for role in getattr(interaction.user, "roles", ())):
         return True
     permissions = getattr(interaction, "permissions", None)
     return bool(permissions and (permissions.manage_messages or permissions.administrator))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bot.jobs import Job, JobState
+from bot.jobs import SOURCE_ERRORS, VARIATION_STRENGTH, Job, JobKind, JobRequest, JobState
 
 ASPECTS: dict[str, tuple[int, int]] = {"1:1": (1, 1), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9), "9:16": (9, 16)}
 
@@ -38,9 +38,20 @@ def result_text(job: Job, mention: str | None = None) -> str:
     r = job.request
     head = f"{mention} " if mention else ""
     return (
-        f"{head}**{_clip(r.prompt)}**\n"
+        f"{head}**{_clip(r.prompt)}**{origin_text(r)}\n"
         f"seed `{r.seed}` · {r.width}x{r.height} · {r.steps} steps · guidance {r.guidance:g} · `{r.model}`"
     )
+
+
+def origin_text(request: JobRequest) -> str:
+    """`` — variations (strong) of image 2`` / `` — upscaled x2 from image 1``; empty for a new image."""
+    if request.source_index is None:
+        return ""
+    image = f"image {request.source_index + 1}"
+    if request.kind is JobKind.UPSCALE:
+        return f" — upscaled \u00d72 from {image}"
+    mode = next((name for name, value in VARIATION_STRENGTH.items() if value == request.strength), None)
+    return f" — variations{f' ({mode})' if mode else ''} of {image}"
 
 
 def tally_text(tally: dict[int, int]) -> str:
@@ -61,6 +72,8 @@ _ENDINGS = {
 
 def ending_text(job: Job, reason: str = "") -> str:
     """What the requester sees when a job ends without a posted result."""
+    if job.state is JobState.FAILED and job.error in SOURCE_ERRORS:
+        return f"**{_clip(job.request.prompt)}** could not be made: {job.error}."
     template = _ENDINGS.get(job.state, "finished.")
     return f"**{_clip(job.request.prompt)}** " + template.format(reason=reason or "it did not pass.")
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bot.config import Settings
 from bot.errors import IllegalTransitionError, QueueFullError
-from bot.jobs import JobRequest, JobState
+from bot.jobs import SOURCE_MISSING, JobRequest, JobState, Requester, upscale_request, variation_request
 from bot.outputs import ImageStore
 from bot.service import ImagineService, JobUpdate, PromptGate, final_state
 from bot.storage import Storage
@@ -75,6 +75,34 @@ async def test_a_job_goes_through_and_is_stored(tmp_path: Path) -> None:
         steps = [u.step for u in updates if u.step is not None]
         assert steps == [1, 2]
         assert set(service.timings[job.id]) >= {"generate", "safety", "mark", "store"}
+
+
+async def test_variations_and_upscales_get_their_source_image(tmp_path: Path) -> None:
+    generator = FakeGenerator()
+    async with service_for(tmp_path, generator) as service:
+        source = await service.wait((await service.submit(req(count=2))).id)
+        [second] = [o for o in await service.storage.outputs_for(source.id) if o.index == 1]
+        by = Requester("u2", None, False)
+        for request in (variation_request(source, 1, 0.5, by), upscale_request(source, 1, 2, by, max_side=512)):
+            job = await service.wait((await service.submit(request)).id)
+            assert job.state is JobState.DONE
+            sent = generator.requests[-1]
+            assert sent.job_id == job.id and sent.strength == request.strength and sent.init_image is not None
+            with Image.open(second.path) as stored:
+                expected = stored.convert("RGB").resize(sent.init_image.size, Image.Resampling.LANCZOS)
+            assert sent.init_image.tobytes() == expected.tobytes()
+        assert generator.requests[-1].init_image.size == (128, 128)  # type: ignore[union-attr]
+
+
+async def test_a_variation_whose_source_is_gone_fails_with_the_reason(tmp_path: Path) -> None:
+    generator = FakeGenerator()
+    async with service_for(tmp_path, generator) as service:
+        source = await service.wait((await service.submit(req(count=1))).id)
+        request = variation_request(source, 0, 0.5, Requester("u2", None, False))
+        missing = replace(request, source_index=3)  # an image the source never had
+        job = await service.wait((await service.submit(missing)).id)
+        assert (job.state, job.error) == (JobState.FAILED, SOURCE_MISSING)
+        assert [r.job_id for r in generator.requests] == [source.id]  # nothing was generated for it
 
 
 async def test_blocked_images_are_not_stored(tmp_path: Path) -> None:
@@ -221,6 +249,25 @@ async def test_a_blocked_prompt_is_refused_before_anything_is_queued(tmp_path: P
         assert entry.action == "prompt_blocked" and entry.actor_id == "u1" and entry.detail["category"] == "sexual"
         good = await service.submit(req())
         assert (await service.wait(good.id)).state is JobState.DONE
+
+
+async def test_a_prechecked_request_is_judged_once(tmp_path: Path) -> None:
+    from safety.prompt_filter import PromptFilter
+    from safety.suite import GuildRules, PromptStage
+
+    class Counting(PromptStage):
+        calls = 0
+
+        def check_prompt(self, context: CheckContext) -> Verdict:
+            Counting.calls += 1
+            return super().check_prompt(context)
+
+    async with service_for(tmp_path, prompt_gate=Counting(PromptFilter.default(), GuildRules(None))) as service:
+        await service.precheck(req())
+        await service.submit(req(), prechecked=True)
+        assert Counting.calls == 1
+        await service.submit(req(user="u2"))
+        assert Counting.calls == 2
 
 
 async def test_age_restricted_channels_relax_suggestive_prompts_only(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.errors import IllegalTransitionError, JobNotFoundError, StorageError
-from bot.jobs import ACTIVE_STATES, MAX_GUIDANCE, Job, JobRequest, JobState
+from bot.jobs import ACTIVE_STATES, MAX_GUIDANCE, Job, JobKind, JobRequest, JobState
 from bot.migrations import SCHEMA_VERSION, statements
 from bot.records import OutputRecord, VerdictRecord
 from bot.storage import Storage
@@ -166,6 +166,10 @@ async def test_job_round_trips_with_every_optional_field_set(storage: Storage) -
             count=4,
             guidance=0.1 + 0.2,  # not exactly representable in decimal: REAL must keep every bit
             seed=2**32 - 4,
+            kind=JobKind.VARY,
+            source_job_id="parent",
+            source_index=3,
+            strength=0.1 + 0.3,
         ),
         state=JobState.FAILED,
         created_at=1.5,

@@ -29,7 +29,7 @@ from tests.e2e.fake_gateway import FakeGateway, GatewaySession
 from tests.e2e.fake_interactions import InteractionBuilder, OptionValue
 from tests.e2e.fake_models import DEFAULT_BOT_PERMISSIONS, JSON, FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser
 from tests.e2e.fake_rest import API_PREFIX, MessageEvents, PlainRoutes, RestServer
-from tests.e2e.fake_state import DiscordState, InteractionRecord, InteractionState
+from tests.e2e.fake_state import ATTACHMENT_SIZE_LIMIT, DiscordState, InteractionRecord, InteractionState
 from tests.e2e.fake_webhooks import InteractionRoutes
 
 UserRef = FakeMember | FakeUser | int
@@ -53,6 +53,9 @@ class FakeDiscord:
         heartbeat_interval_ms: announced in HELLO.
         interaction_deadline: seconds the bot has for its first callback (Discord: 3).
         message_events: send MESSAGE_CREATE/UPDATE/DELETE for messages the bot makes.
+        attachment_size_limit: bytes per uploaded file (Discord's default: 10 MiB); interactions
+            carry it, larger uploads are 413 ``40005 Request entity too large``.
+        shards: the shard count ``GET /gateway/bot`` recommends; each shard's session gets its guilds' events.
     """
 
     def __init__(
@@ -64,8 +67,11 @@ class FakeDiscord:
         heartbeat_interval_ms: int = 41_250,
         interaction_deadline: float = 3.0,
         message_events: bool = True,
+        attachment_size_limit: int = ATTACHMENT_SIZE_LIMIT,
+        shards: int = 1,
     ) -> None:
-        self.state = DiscordState(token=token, bot_name=bot_name, privileged_intents=privileged_intents)
+        self.state = DiscordState(token=token, bot_name=bot_name, privileged_intents=privileged_intents,
+                                  attachment_size_limit=attachment_size_limit, shards=shards)  # fmt: skip
         self.calls: EventLog[Call] = EventLog(_describe_call)
         self.frames: EventLog[GatewayFrame] = EventLog(_describe_frame)
         self._gateway = FakeGateway(self.state, self.frames, heartbeat_interval_ms=heartbeat_interval_ms)
@@ -139,14 +145,20 @@ class FakeDiscord:
     # -- the world ---------------------------------------------------------------------------
 
     def add_guild(
-        self, name: str = "Test Guild", *, owner_name: str = "owner", bot_permissions: int = DEFAULT_BOT_PERMISSIONS
+        self,
+        name: str = "Test Guild",
+        *,
+        owner_name: str = "owner",
+        bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
+        shard: tuple[int, int] | None = None,
     ) -> FakeGuild:
         """A guild with @everyone, the bot's managed role, an owner, the bot, and a #general channel.
 
         Guilds added before the bot connects come with READY; for one added later, send its
         ``GUILD_CREATE`` yourself (``dispatch("GUILD_CREATE", server.guild_create_payload(id))``).
+        ``shard=(shard_id, num_shards)`` picks an id whose events that shard carries.
         """
-        return self.state.add_guild(name, owner_name=owner_name, bot_permissions=bot_permissions)
+        return self.state.add_guild(name, owner_name=owner_name, bot_permissions=bot_permissions, shard=shard)
 
     def add_channel(self, guild_id: int, name: str) -> FakeChannel:
         return self.state.add_channel(guild_id, name)
@@ -196,6 +208,24 @@ class FakeDiscord:
     @property
     def sessions(self) -> Mapping[str, GatewaySession]:
         return self._gateway.sessions
+
+    @property
+    def recommended_shards(self) -> int:
+        """The shard count ``GET /gateway/bot`` answers; change it before the bot connects."""
+        return self.state.recommended_shards
+
+    @recommended_shards.setter
+    def recommended_shards(self, shards: int) -> None:
+        self.state.recommended_shards = shards
+
+    @property
+    def attachment_size_limit(self) -> int:
+        """Bytes per uploaded file: new interactions carry it, larger uploads are refused (413 40005)."""
+        return self.state.attachment_size_limit
+
+    @attachment_size_limit.setter
+    def attachment_size_limit(self, size: int) -> None:
+        self.state.attachment_size_limit = size
 
     # -- interactions ------------------------------------------------------------------------
 

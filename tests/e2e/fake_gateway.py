@@ -3,7 +3,13 @@
 discord.py connects to ``DEFAULT_GATEWAY`` with ``?v=10&encoding=json&compress=zlib-stream`` and
 accepts both plain text frames and one zlib stream flushed per message; we answer with what it
 asked for, like Discord does, so its real decompressor is exercised. Closing codes follow
-Discord's: 4004 bad token, 4005 identified twice, 4014 privileged intent not enabled.
+Discord's: 4004 bad token, 4005 identified twice, 4010 invalid shard, 4014 privileged intent not
+enabled.
+
+Sharding is Discord's too: a session that IDENTIFYs with ``shard: [shard_id, num_shards]`` gets
+READY, GUILD_CREATE and every other event only for the guilds with
+``(guild_id >> 22) % num_shards == shard_id``, and events outside any guild on shard 0; a session
+without ``shard`` gets everything.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from tests.e2e.call_log import EventLog, GatewayFrame
-from tests.e2e.fake_models import JSON
+from tests.e2e.fake_models import JSON, shard_of
 from tests.e2e.fake_state import PRIVILEGED_INTENTS, DiscordState
 
 _log = logging.getLogger(__name__)
@@ -40,6 +46,14 @@ def _now() -> float:
 
 def _session_id(session: GatewaySession | None) -> str | None:
     return None if session is None else session.session_id
+
+
+def _guild_of(event: str, data: JSON) -> int | None:
+    """The guild an event is about: its ``guild_id``, or ``id`` for the guild's own events; None outside guilds."""
+    if event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"):
+        return int(data["id"])
+    guild_id = data.get("guild_id")
+    return None if guild_id is None else int(guild_id)
 
 
 class _Connection:
@@ -79,6 +93,13 @@ class GatewaySession:
     seq: int = 0
     backlog: list[JSON] = field(default_factory=list)
     connection: _Connection | None = None
+
+    def carries(self, guild_id: int | None) -> bool:
+        """Whether this session's shard gets the events of ``guild_id`` (None: events outside guilds)."""
+        if self.shard is None:
+            return True
+        shard_id, num_shards = self.shard
+        return shard_id == (0 if guild_id is None else shard_of(guild_id, num_shards))
 
 
 class FakeGateway:
@@ -141,9 +162,10 @@ class FakeGateway:
     # -- control, for tests ------------------------------------------------------------------
 
     async def dispatch(self, event: str, data: JSON, *, intent: int | None = None) -> None:
-        """Send a DISPATCH to every session (only those that asked for ``intent``, when given)."""
+        """Send a DISPATCH to every session whose shard carries the event's guild (and that asked for ``intent``)."""
+        guild_id = _guild_of(event, data)
         for session in list(self.sessions.values()):
-            if intent is None or session.intents & intent:
+            if session.carries(guild_id) and (intent is None or session.intents & intent):
                 await self._dispatch_to(session, event, data)
 
     async def request_reconnect(self) -> None:
@@ -185,12 +207,16 @@ class FakeGateway:
         if intents & PRIVILEGED_INTENTS & ~self._state.privileged_intents:
             await conn.close(4014, "Disallowed intent(s).")
             return None
-        session = GatewaySession(secrets.token_hex(16), intents, d.get("shard"), connection=conn)
+        shard = d.get("shard")
+        if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            await conn.close(4010, "Invalid shard.")
+            return None
+        session = GatewaySession(secrets.token_hex(16), intents, shard, connection=conn)
         self.sessions[session.session_id] = session
         await self._dispatch_to(session, "READY", self._ready_payload(session))
         if intents & INTENT_GUILDS:
-            for guild in list(self._state.guilds.values()):
-                await self._dispatch_to(session, "GUILD_CREATE", self.guild_create_payload(guild.id, intents))
+            for guild_id in [g for g in self._state.guilds if session.carries(g)]:
+                await self._dispatch_to(session, "GUILD_CREATE", self.guild_create_payload(guild_id, intents))
         return session
 
     async def _resume(self, conn: _Connection, d: JSON) -> GatewaySession | None:
@@ -239,7 +265,7 @@ class FakeGateway:
         payload: JSON = {
             "v": 10,
             "user": user,
-            "guilds": [{"id": str(g), "unavailable": True} for g in self._state.guilds],
+            "guilds": [{"id": str(g), "unavailable": True} for g in self._state.guilds if session.carries(g)],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.url,

@@ -19,7 +19,6 @@ from tests.e2e.fake_state import DiscordState, InteractionRecord, Upload
 
 OptionValue = str | int | float | bool | FakeUser | FakeMember | FakeChannel | FakeRole | tuple[str, bytes]
 _Entity = FakeUser | FakeMember | FakeChannel | FakeRole
-ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024  # a server without boosts
 _SELECTS = {3, 5, 6, 7, 8}
 
 
@@ -222,7 +221,7 @@ class InteractionBuilder:
             "entitlement_sku_ids": [],
             "authorizing_integration_owners": {"0": str(guild.id)},
             "context": 0,
-            "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
+            "attachment_size_limit": self._state.attachment_size_limit,
         }
         if message is not None:
             payload["message"] = copy.deepcopy(message)

@@ -61,14 +61,30 @@ ALL_PERMISSIONS = (1 << 51) - 1
 
 
 class Snowflakes:
-    """Makes real snowflakes: milliseconds since the Discord epoch, a worker id, an increment."""
+    """Makes real snowflakes: milliseconds since the Discord epoch, a worker id, an increment.
+
+    Ids never go back in time, so they sort in creation order as Discord's do.
+    """
 
     def __init__(self) -> None:
         self._increment = itertools.count()
+        self._last_ms = 0
 
-    def next(self) -> int:
-        ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+    def next(self, *, shard: tuple[int, int] | None = None) -> int:
+        """A new id; with ``shard=(shard_id, num_shards)``, one that lands on that shard (see :func:`shard_of`)."""
+        ms = max(int(time.time() * 1000) - DISCORD_EPOCH_MS, self._last_ms)
+        if shard is not None:
+            shard_id, num_shards = shard
+            if not 0 <= shard_id < num_shards:
+                raise ValueError(f"shard {shard_id} is not in 0..{num_shards - 1}")
+            ms += (shard_id - ms) % num_shards  # a few milliseconds ahead, at most
+        self._last_ms = ms
         return (ms << 22) | (1 << 17) | (next(self._increment) & 0xFFF)
+
+
+def shard_of(guild_id: int, num_shards: int) -> int:
+    """The shard whose connection carries a guild's events: Discord's ``(guild_id >> 22) % num_shards``."""
+    return (guild_id >> 22) % num_shards
 
 
 def iso_now() -> str:

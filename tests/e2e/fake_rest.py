@@ -1,7 +1,8 @@
 """The fake REST API: a router that parses and records every request, and the plain routes.
 
 Every request (known route or not) becomes a :class:`~tests.e2e.call_log.Call`. Errors are
-Discord's: ``{"message", "code"}`` JSON with the real status and code. The JSON content type is
+Discord's: ``{"message", "code"}`` JSON with the real status and code; an uploaded file over the
+attachment size limit is ``413 40005 Request entity too large`` on every route. The JSON content type is
 exactly ``application/json`` without a charset: discord.py's ``json_or_text`` compares the header
 with ``==`` and would hand a ``str`` to the library otherwise.
 """
@@ -21,7 +22,7 @@ from aiohttp import BodyPartReader, web
 from tests.e2e.call_log import Call, EventLog
 from tests.e2e.fake_gateway import INTENT_GUILD_MESSAGES, FakeGateway
 from tests.e2e.fake_models import JSON, Permission
-from tests.e2e.fake_state import EPHEMERAL, DiscordError, DiscordState, Upload, unknown
+from tests.e2e.fake_state import EPHEMERAL, DiscordError, DiscordState, Upload, entity_too_large, unknown
 
 API_PREFIX = "/api/v10"
 
@@ -158,6 +159,8 @@ class RestServer:
         if route.auth and authorization != f"Bot {self._state.token}":
             return Reply(401, {"message": "401: Unauthorized", "code": 0})
         try:
+            if any(len(u.data) > self._state.attachment_size_limit for u in request.uploads):
+                raise entity_too_large()  # before the route: nothing of the request happens
             return await route.handler(request)
         except DiscordError as exc:
             return Reply(exc.status, exc.to_payload())
@@ -215,7 +218,8 @@ class PlainRoutes:
 
     async def get_gateway_bot(self, request: RestRequest) -> Reply:
         limit = {"total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1}
-        return Reply(body={"url": self._gateway_url(), "shards": 1, "session_start_limit": limit})
+        shards = self._state.recommended_shards
+        return Reply(body={"url": self._gateway_url(), "shards": shards, "session_start_limit": limit})
 
     async def get_me(self, request: RestRequest) -> Reply:
         me = self._state.bot_user.to_payload()

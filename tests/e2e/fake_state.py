@@ -29,6 +29,7 @@ LOADING = 1 << 7  # message flag: the "Bot is thinking..." placeholder of a defe
 _SUPPRESS_EMBEDS = 1 << 2
 _COMPONENTS_V2 = 1 << 15
 _FILE_FIELD = re.compile(r"files\[(\d+)\]")
+ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024  # bytes per file in a server without boosts (Discord's default)
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)  # GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT
 # Application flags saying which privileged intents the developer portal enabled ("limited": <100 guilds).
 _LIMITED_FLAGS = {1 << 8: 1 << 13, 1 << 1: 1 << 15, 1 << 15: 1 << 19}
@@ -53,6 +54,11 @@ class DiscordError(Exception):
 
 def unknown(what: str, code: int) -> DiscordError:
     return DiscordError(404, code, f"Unknown {what}")
+
+
+def entity_too_large() -> DiscordError:
+    """What Discord answers when an uploaded file is over the context's attachment size limit."""
+    return DiscordError(413, 40005, "Request entity too large")
 
 
 @dataclass(frozen=True)
@@ -137,12 +143,25 @@ class DiscordState:
         bot_name: the bot user's username.
         privileged_intents: the privileged intents enabled "in the developer portal"; IDENTIFY asking
             for others is closed with 4014, as Discord does.
+        attachment_size_limit: bytes allowed per uploaded file; sent as interactions'
+            ``attachment_size_limit``, and larger uploads are refused with 413 ``40005``.
+        shards: the shard count ``GET /gateway/bot`` recommends (Discord bases it on the guild count).
     """
 
-    def __init__(self, *, token: str, bot_name: str, privileged_intents: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        token: str,
+        bot_name: str,
+        privileged_intents: int = 0,
+        attachment_size_limit: int = ATTACHMENT_SIZE_LIMIT,
+        shards: int = 1,
+    ) -> None:
         self.ids = Snowflakes()
         self.token = token
         self.privileged_intents = privileged_intents
+        self.attachment_size_limit = attachment_size_limit
+        self.recommended_shards = shards
         # Since 2021 a bot user's id is its application's id.
         self.application_id = self.ids.next()
         self.bot_user = FakeUser(id=self.application_id, username=bot_name, bot=True)
@@ -175,8 +194,10 @@ class DiscordState:
                 return guild.channels[channel_id]
         raise unknown("Channel", 10003)
 
-    def add_guild(self, name: str, *, owner_name: str, bot_permissions: int) -> FakeGuild:
-        guild_id = self.ids.next()
+    def add_guild(
+        self, name: str, *, owner_name: str, bot_permissions: int, shard: tuple[int, int] | None = None
+    ) -> FakeGuild:
+        guild_id = self.ids.next(shard=shard)
         owner = self.add_user(owner_name)
         guild = FakeGuild(id=guild_id, name=name, owner_id=owner.id)
         guild.roles[guild_id] = FakeRole(id=guild_id, name="@everyone", permissions=DEFAULT_EVERYONE_PERMISSIONS)

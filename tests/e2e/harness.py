@@ -3,8 +3,11 @@
 discord.py takes its endpoints from two class attributes: ``discord.http.Route.BASE`` (a ``str``;
 REST and the interaction webhooks both build URLs from it) and
 ``discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY`` (a ``yarl.URL`` in 2.7; it appends
-``?v=10&encoding=json&compress=zlib-stream`` itself). A non-sharded client never asks
-``GET /gateway/bot``; it connects to ``DEFAULT_GATEWAY`` directly and RESUMEs at READY's
+``?v=10&encoding=json&compress=zlib-stream`` itself). A non-sharded client (``commands.Bot``)
+never asks ``GET /gateway/bot``; it connects to ``DEFAULT_GATEWAY`` directly. An
+``AutoShardedClient`` without ``shard_count`` (``ImagineBot``) asks ``GET /gateway/bot`` for the
+shard count and the gateway URL, which the fake answers with its own URL and
+``recommended_shards``, then opens one connection per shard. Both RESUME at READY's
 ``resume_gateway_url``.
 """
 

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
+import io
+import os
 from typing import Any
 
-import pytest
+from PIL import Image
 
 from bot.chat.client import ImagineBot
+from bot.chat.imagine import ImagineCog
 from bot.config import Settings
+from bot.jobs import VARIATION_STRENGTH, JobKind
 from tests.e2e.fake_discord import FakeDiscord
 from tests.e2e.fake_models import JSON, FakeGuild, Permission
 from tests.e2e.harness import running
-
-
-@pytest.fixture
-def settings(tmp_path: Path, discord_guild: FakeGuild) -> Settings:
-    return replace(Settings(data_dir=tmp_path), safety_stages=("prompt", "integrity"),
-                   discord_guilds=(discord_guild.id,))  # fmt: skip
 
 
 def channel_of(guild: FakeGuild) -> int:
@@ -28,13 +23,6 @@ def channel_of(guild: FakeGuild) -> int:
 
 def custom_ids(message: JSON) -> list[str]:
     return [c["custom_id"] for row in message.get("components", []) for c in row.get("components", [])]
-
-
-@pytest.fixture
-async def bot(settings: Settings, discord_server: FakeDiscord) -> AsyncIterator[ImagineBot]:
-    client = ImagineBot(settings, guild_ready_timeout=0.05)
-    async with running(client, discord_server.token, timeout=60):
-        yield client
 
 
 async def imagine(server: FakeDiscord, guild: FakeGuild, user: Any, **options: Any) -> Any:
@@ -74,8 +62,8 @@ async def test_imagine_defers_then_posts_the_grid_with_buttons(
     message = await final_message(discord_server, record)
     ids = custom_ids(message)
     job_id = ids[0].split(":")[2]
-    assert ids == [f"ib:u:{job_id}:0", f"ib:u:{job_id}:1", f"ib:r:{job_id}", f"ib:k:{job_id}:0", f"ib:k:{job_id}:1",
-                   f"ib:d:{job_id}"]  # fmt: skip
+    assert ids == [f"ib:u:{job_id}:0", f"ib:u:{job_id}:1", f"ib:r:{job_id}", f"ib:v:{job_id}:0", f"ib:v:{job_id}:1",
+                   f"ib:k:{job_id}:0", f"ib:k:{job_id}:1", f"ib:d:{job_id}"]  # fmt: skip
     assert "seed `7`" in message["content"] and "a lighthouse at dusk" in message["content"]
     [attachment] = message["attachments"]
     assert discord_server.attachment_bytes(attachment).startswith(b"\x89PNG")
@@ -87,6 +75,7 @@ async def test_imagine_defers_then_posts_the_grid_with_buttons(
     click = await discord_server.click(discord_guild.id, channel_of(discord_guild), bob, message, f"ib:u:{job_id}:1")
     answer = await discord_server.wait_for_response(click)
     assert answer.json["type"] == 4 and "Image 2" in answer.json["data"]["content"] and answer.files
+    assert custom_ids(answer.json["data"]) == [f"ib:s:{job_id}:1", f"ib:g:{job_id}:1", f"ib:z:{job_id}:1"]
 
 
 async def test_bad_options_and_blocked_prompts_get_private_errors(
@@ -225,3 +214,81 @@ async def test_delete_is_for_the_requester_or_a_moderator(
     accepted = await discord_server.click(discord_guild.id, channel, alice, message, delete_id)
     await discord_server.wait_for_response(accepted)
     await discord_server.wait_for(lambda c: c.method == "DELETE" and str(message["id"]) in c.path, timeout=10)
+
+
+def job_of(message: JSON) -> str:
+    return custom_ids(message)[0].split(":")[2]
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+async def test_variations_and_upscale_start_from_the_chosen_image(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice, bob = (discord_server.add_member(discord_guild.id, name=n) for n in ("alice", "bob"))
+    channel = channel_of(discord_guild)
+    cog = bot.get_cog("ImagineCog")
+    assert isinstance(cog, ImagineCog)
+    storage = cog.service.storage
+    grid = await final_message(discord_server, await imagine(discord_server, discord_guild, alice,
+                                                             prompt="a red circle", count=2, seed=7))  # fmt: skip
+    source = job_of(grid)
+
+    # V2 (anyone may): variations at the server's default strength, queued as bob's job, parent recorded.
+    click = await discord_server.click(discord_guild.id, channel, bob, grid, f"ib:v:{source}:1")
+    assert (await discord_server.wait_for_response(click)).json["type"] == 5
+    varied = await final_message(discord_server, click)
+    assert "variations (strong) of image 2" in varied["content"]
+    job = await storage.get_job(job_of(varied))
+    r = job.request
+    assert (r.kind, r.source_job_id, r.source_index, r.parent_job_id) == (JobKind.VARY, source, 1, source)
+    assert (r.strength, r.user_id, r.count) == (VARIATION_STRENGTH["strong"], str(bob.user.id), 2)
+    assert r.seed != 7 and {f"ib:u:{job.id}:0", f"ib:v:{job.id}:1", f"ib:r:{job.id}"} <= set(custom_ids(varied))
+
+    # Reroll of a variation: another variation of the same image, with a new seed.
+    click = await discord_server.click(discord_guild.id, channel, alice, varied, f"ib:r:{job.id}")
+    rerolled = await storage.get_job(job_of(await final_message(discord_server, click)))
+    assert (rerolled.request.kind, rerolled.request.source_job_id, rerolled.request.source_index) == (
+        JobKind.VARY, source, 1)  # fmt: skip
+    assert rerolled.request.parent_job_id == job.id and rerolled.request.seed != r.seed
+
+    # U1 then Vary (subtle) and Upscale x2 from the single image's buttons.
+    click = await discord_server.click(discord_guild.id, channel, alice, grid, f"ib:u:{source}:0")
+    await discord_server.wait_for_response(click)
+    single = discord_server.original_message(click)
+    assert single is not None
+    click = await discord_server.click(discord_guild.id, channel, alice, single, f"ib:s:{source}:0")
+    subtle = await final_message(discord_server, click)
+    assert "variations (subtle) of image 1" in subtle["content"]
+    assert (await storage.get_job(job_of(subtle))).request.strength == VARIATION_STRENGTH["subtle"]
+
+    click = await discord_server.click(discord_guild.id, channel, alice, single, f"ib:z:{source}:0")
+    upscaled = await final_message(discord_server, click)
+    up = await storage.get_job(job_of(upscaled))
+    assert "upscaled \u00d72 from image 1" in upscaled["content"]
+    assert (up.request.kind, up.request.count, up.request.seed) == (JobKind.UPSCALE, 1, 7)  # image 1's own seed
+    [attachment] = upscaled["attachments"]
+    assert png_size(discord_server.attachment_bytes(attachment)) == (512, 512)
+    # 512 is as large as the tiny model goes: no Upscale button under the result.
+    assert custom_ids(upscaled) == [f"ib:s:{up.id}:0", f"ib:g:{up.id}:0", f"ib:d:{up.id}"]
+
+
+async def test_a_variation_of_a_pruned_image_fails_with_a_reason(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    grid = await final_message(discord_server, await imagine(discord_server, discord_guild, alice,
+                                                             prompt="a blue ring", count=1, seed=1))  # fmt: skip
+    cog = bot.get_cog("ImagineCog")
+    assert isinstance(cog, ImagineCog)
+    for output in await cog.service.storage.outputs_for(job_of(grid)):
+        os.unlink(output.path)  # e.g. an operator pruned old images
+    click = await discord_server.click(discord_guild.id, channel_of(discord_guild), alice, grid,
+                                       f"ib:v:{job_of(grid)}:0")  # fmt: skip
+    path = original_path(discord_server, click)
+    failed = await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path and
+                                           "could not be made" in str(c.json), timeout=60)  # fmt: skip
+    assert "the image it starts from could not be read" in failed.json["content"]
