@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -197,12 +198,21 @@ def _from_rows(rows: Mapping[str, JSONValue], settings: Settings) -> GuildConfig
 # --- validated changes ----------------------------------------------------------------------------
 
 
+CACHE_SECONDS = 5.0
+MAX_CACHED = 10_000
+_clock = time.monotonic  # the cache's clock (tests move it)
+
+
 class GuildConfigStore:
     """Typed access to the ``guild_settings`` rows: load a server's config, change it one setting at a time.
 
     Every setter validates, writes only the rows that change, audits each change (actor, key, old and
     new value) and returns the new config. An invalid value raises :class:`InvalidSettingError`
     and writes nothing.
+
+    Loaded configs are cached for :data:`CACHE_SECONDS` (every /imagine and click reads one, several
+    times): a change made through this store shows at once; one made by another process sharing
+    the database (a dashboard, a second bot) within that time.
 
     Args:
         storage: an open :class:`Storage`.
@@ -214,10 +224,22 @@ class GuildConfigStore:
         self.settings = settings
         # Setters read, change and write: one at a time, so two admins' edits cannot lose one another.
         self._lock = asyncio.Lock()
+        self._cache: dict[str, tuple[float, GuildConfig]] = {}
 
     async def load(self, guild_id: str) -> GuildConfig:
         """This server's config: its stored settings over the operator's defaults and limits."""
-        return _from_rows(await self.storage.guild_settings(guild_id), self.settings)
+        now = _clock()
+        cached = self._cache.get(guild_id)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        config = _from_rows(await self.storage.guild_settings(guild_id), self.settings)
+        self._remember(guild_id, config, now)
+        return config
+
+    def _remember(self, guild_id: str, config: GuildConfig, now: float) -> None:
+        if len(self._cache) >= MAX_CACHED:  # forget the expired ones; a busy bot keeps the active guilds
+            self._cache = {g: entry for g, entry in self._cache.items() if now - entry[0] < CACHE_SECONDS}
+        self._cache[guild_id] = (now, config)
 
     async def allow_channel(self, guild_id: str, channel_id: int, *, actor_id: str) -> GuildConfig:
         """Let /imagine work in one more channel (the first one turns "everywhere" into a list)."""
@@ -366,6 +388,7 @@ class GuildConfigStore:
 
     async def _change(self, guild_id: str, actor_id: str, change: Callable[[GuildConfig], GuildConfig]) -> GuildConfig:
         async with self._lock:
+            self._cache.pop(guild_id, None)  # read what is stored, not what was cached
             old = await self.load(guild_id)
             new = change(old)
             for key, (write, _) in _CODECS.items():
@@ -375,4 +398,5 @@ class GuildConfigStore:
                 await self.storage.set_guild_setting(guild_id, key, after)
                 await self.storage.audit(SETTING_CHANGED, guild_id=guild_id, actor_id=actor_id, target=key,
                                          detail={"old": before, "new": after})  # fmt: skip
+            self._remember(guild_id, new, _clock())
             return new

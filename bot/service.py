@@ -125,6 +125,7 @@ class ImagineService:
         self._prompt_gate = prompt_gate
         self.settings = settings
         self.storage = storage
+        self.guild_configs = GuildConfigStore(storage, settings)  # one store: its cache sees every change
         self._worker = worker
         self._store = store
         self._scheduler = FairScheduler(
@@ -369,7 +370,7 @@ class ImagineService:
 
     async def guild_config(self, guild_id: str) -> GuildConfig:
         """A server's /settings over the operator's defaults and limits."""
-        return await GuildConfigStore(self.storage, self.settings).load(guild_id)
+        return await self.guild_configs.load(guild_id)
 
     async def _strictness(self, guild_id: str) -> str:
         return (await self.guild_config(guild_id)).strictness

@@ -18,7 +18,7 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.errors import UserFacingError
-from bot.guild_config import MAX_COOLDOWN, VARIATION_MODES, GuildConfig, GuildConfigStore, NsfwPolicy
+from bot.guild_config import MAX_COOLDOWN, VARIATION_MODES, GuildConfig, NsfwPolicy
 from bot.service import ImagineService
 from safety.verdict import STRICTNESS
 
@@ -127,7 +127,7 @@ class SettingsCog(commands.GroupCog, group_name="settings", group_description="T
     def __init__(self, bot: commands.Bot | commands.AutoShardedBot, service: ImagineService) -> None:
         self.bot = bot
         self.settings = service.settings
-        self.store = GuildConfigStore(service.storage, service.settings)
+        self.store = service.guild_configs
         super().__init__()
 
     @app_commands.command(name="show")

@@ -183,3 +183,31 @@ async def test_channel_lists_are_capped_so_show_fits_one_message(store: GuildCon
         await store.set_nsfw_policy("g1", MAX_CHANNELS, NsfwPolicy.STRICT, age_restricted=False, actor_id=ADMIN)
     await store.allow_channel("g1", 0, actor_id=ADMIN)  # already listed: no change, no error
     await store.set_nsfw_policy("g1", 0, NsfwPolicy.STRICT, age_restricted=False, actor_id=ADMIN)
+
+
+async def test_loads_are_cached_but_changes_show_at_once(
+    storage: Storage, store: GuildConfigStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.guild_config as guild_config
+
+    reads = 0
+    real = storage.guild_settings
+
+    async def counting(guild_id: str) -> dict[str, object]:
+        nonlocal reads
+        reads += 1
+        return await real(guild_id)
+
+    monkeypatch.setattr(storage, "guild_settings", counting)
+    assert (await store.load("g")).strictness == "standard"
+    assert (await store.load("g")).strictness == "standard"
+    assert reads == 1  # the second load came from the cache
+    await store.set_strictness("g", "strict", actor_id="admin")
+    assert (await store.load("g")).strictness == "strict"  # this store's own change: at once
+
+    # Another process (here: another store on the same database) changes it; seen once the entry expires.
+    await GuildConfigStore(storage, SETTINGS).set_strictness("g", "relaxed", actor_id="other")
+    assert (await store.load("g")).strictness == "strict"
+    later = guild_config._clock() + guild_config.CACHE_SECONDS + 1
+    monkeypatch.setattr(guild_config, "_clock", lambda: later)
+    assert (await store.load("g")).strictness == "relaxed"
