@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from typing import Any
 
 from PIL import Image
 
 from bot.chat.client import ImagineBot
-from bot.chat.imagine import ImagineCog
+from bot.chat.imagine import EDIT_INTERVAL, ImagineCog
 from bot.config import Settings
 from bot.jobs import VARIATION_STRENGTH, JobKind
 from tests.e2e.fake_discord import FakeDiscord
@@ -292,3 +293,26 @@ async def test_a_variation_of_a_pruned_image_fails_with_a_reason(
     failed = await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path and
                                            "could not be made" in str(c.json), timeout=60)  # fmt: skip
     assert "the image it starts from could not be read" in failed.json["content"]
+
+
+async def test_progress_edits_are_throttled(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild
+) -> None:
+    alice = discord_server.add_member(discord_guild.id, name="alice")
+    record = await imagine(discord_server, discord_guild, alice, prompt="a slow sunset", steps=150, count=4)
+    path = original_path(discord_server, record)
+    assert "queued" in (await queued_message(discord_server, record))["content"]
+
+    def progress_edits() -> list[Any]:
+        return [c for c in discord_server.calls_to("PATCH", path) if " step " in str(c.json)]
+
+    await discord_server.wait_for(lambda c: len(progress_edits()) >= 3, timeout=60)
+    edits = progress_edits()
+    steps = [int(str(e.json["content"]).rsplit("step ", 1)[1].split("/")[0]) for e in edits]
+    assert steps == sorted(steps) and steps[0] >= 1 and str(edits[0].json["content"]).endswith("/150")
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(edits)]
+    assert min(gaps) >= EDIT_INTERVAL * 0.9  # one edit per message per EDIT_INTERVAL at most
+    cancel = await discord_server.slash(discord_guild.id, channel_of(discord_guild), alice, "cancel", {})
+    await discord_server.wait_for_response(cancel)
+    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path and "was cancelled" in str(c.json),
+                                  timeout=60)  # fmt: skip
