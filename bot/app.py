@@ -13,18 +13,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from bot.config import Settings
+from bot.errors import ConfigError
 from bot.jobs import MAX_IMAGES, JobRequest
 from bot.outputs import ImageStore
 from bot.service import ImagineService
 from bot.storage import Storage
+from bot.verify import Verifier
 from models import catalog
 from models.types import Generator
 from models.worker import Worker
 from safety.clip import ClipSpec
-from safety.provenance import MetadataSigner
+from safety.credentials import ContentCredentials
+from safety.provenance import MarkChain, MetadataSigner, key_file
 from safety.suite import SafetySuite, build_suite
+from safety.watermark import InvisibleWatermark, payload_id
 
 logger = logging.getLogger(__name__)
+
+METADATA_KEY = "provenance.key"
+WATERMARK_KEY = "watermark.key"
 
 
 def quiet_model_libraries(*, offline: bool) -> None:
@@ -68,6 +75,36 @@ def build_safety(settings: Settings) -> SafetySuite:
     )
 
 
+def open_credentials(settings: Settings) -> ContentCredentials:
+    """The C2PA signer: the operator's chain + key, else the local CA (generated on first run).
+
+    Raises:
+        ConfigError: only one of c2pa_cert / c2pa_key is set, or a file is unreadable or not PEM.
+    """
+    try:
+        return ContentCredentials.open(settings.keys_dir, chain=settings.c2pa_cert, key=settings.c2pa_key)
+    except ValueError as exc:
+        raise ConfigError(f"IMAGINEBOT_C2PA_CERT / IMAGINEBOT_C2PA_KEY: {exc}") from None
+
+
+def load_watermark(settings: Settings) -> InvisibleWatermark:
+    """The invisible watermark, keyed by ``keys/watermark.key`` (random, mode 0600, made on first use)."""
+    return InvisibleWatermark(key_file(settings.keys_dir / WATERMARK_KEY))
+
+
+def open_verifier(settings: Settings, storage: Storage) -> Verifier:
+    """A verifier with every kind of evidence: our C2PA anchor, the metadata key, the watermark key.
+
+    Blocking (~0.2 s, key files and the watermark's carrier map): from async code, use a thread.
+    """
+    return Verifier(
+        storage,
+        credentials=open_credentials(settings),
+        metadata=MetadataSigner.from_key_file(settings.keys_dir / METADATA_KEY),
+        watermark=load_watermark(settings),
+    )
+
+
 def default_quantum(settings: Settings) -> int:
     """The cost of one default 4-image job of the default model: one such job per guild per turn."""
     if settings.scheduler_quantum:
@@ -85,19 +122,24 @@ async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
     """Open storage, start the worker and the service (resuming unfinished jobs); close all on exit."""
     storage = await Storage.open(settings.db_path)
     try:
-        signer = MetadataSigner.from_key_file(settings.keys_dir / "provenance.key")
+        signer = MetadataSigner.from_key_file(settings.keys_dir / METADATA_KEY)
+        credentials = await asyncio.to_thread(open_credentials, settings)
+        # Pixels first (watermark), then the metadata signature over the final pixels; a failing
+        # mark blocks the image in the worker (fail closed).
+        marks = MarkChain(await asyncio.to_thread(load_watermark, settings), signer)  # ~0.15 s: its carrier map
         safety = await asyncio.to_thread(build_safety, settings)
         logger.info("safety stages: %s", ", ".join(f"{s.name} ({'active' if s.active else 'UNAVAILABLE'})"
                                                    for s in safety.statuses))  # fmt: skip
         for status in safety.unavailable:
             logger.error("safety stage %s unavailable: every image will be blocked (%s)", status.name, status.detail)
-        worker = Worker(lambda model: load_generator(settings, model), safety.policy, signer)
+        worker = Worker(lambda model: load_generator(settings, model), safety.policy, marks)
         async with worker:
             store = ImageStore(settings.images_dir)
             await asyncio.to_thread(store.sweep_temporary)
             service = ImagineService(
-                settings, storage, worker, store, quantum=default_quantum(settings), prompt_gate=safety.prompt
-            )
+                settings, storage, worker, store, quantum=default_quantum(settings), prompt_gate=safety.prompt,
+                credentials=credentials, payload_of=payload_id,
+            )  # fmt: skip
             try:
                 await service.start()  # every process with a worker first resumes unfinished jobs
                 yield service

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bot import __version__, cli_safety
+from bot import __version__, cli_safety, cli_verify
 from bot.app import open_service
 from bot.cli_base import Parser, UsageError
 from bot.config import Settings
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     invite = commands.add_parser("invite", help="print the link that adds the bot to a Discord server")
     invite.add_argument("client_id", help="the application id from the Discord developer portal")
     cli_safety.add_parsers(commands)
+    cli_verify.add_parsers(commands)
     return parser
 
 
@@ -202,7 +203,7 @@ async def _invite(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume, "run": _run, "invite": _invite,
-            **cli_safety.COMMANDS}  # fmt: skip
+            **cli_safety.COMMANDS, **cli_verify.COMMANDS}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

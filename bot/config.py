@@ -144,6 +144,10 @@ def _parse_optional_str(name: str, raw: object) -> str | None:
     return None if raw is None or raw == "" else _parse_str(name, raw)
 
 
+def _parse_optional_path(name: str, raw: object) -> Path | None:
+    return None if raw is None or raw == "" else _parse_path(name, raw)
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """How one setting is parsed and documented."""
@@ -190,6 +194,12 @@ FIELDS: dict[str, FieldSpec] = {
         _parse_optional_url, "Discord REST base URL, e.g. a nirn-proxy (default: Discord's own /api/v10)."
     ),
     "discord_gateway_url": FieldSpec(_parse_optional_url, "Discord gateway URL, e.g. a gateway proxy."),
+    "c2pa_cert": FieldSpec(
+        _parse_optional_path,
+        "PEM certificate chain (signing certificate first) for Content Credentials; empty = a local CA "
+        "generated in the data directory's keys/c2pa/.",
+    ),
+    "c2pa_key": FieldSpec(_parse_optional_path, "PEM private key of c2pa_cert (unencrypted; keep it mode 0600)."),
     "log_level": FieldSpec(_parse_choice("debug", "info", "warning", "error"), "Logging level of the process."),
     "discord_token": FieldSpec(
         _parse_secret, "Discord bot token (also read from DISCORD_TOKEN). Never printed or logged."
@@ -217,6 +227,8 @@ class Settings:
     discord_guilds: tuple[int, ...] = ()
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
+    c2pa_cert: Path | None = None
+    c2pa_key: Path | None = None
     log_level: str = "warning"
     discord_token: Secret | None = None
 

@@ -67,6 +67,8 @@ class GuildConfig:
         review_channel: where moderators review flagged images; None = they wait in the queue.
         moderator_role: a role whose members may moderate jobs (besides Manage Messages).
         variation_mode: ``"subtle"`` or ``"strong"`` (how far V1-V4 stray from the image).
+        credentials_personal: put the prompt in the images' Content Credentials (C2PA); off by
+            default, so a manifest carries no personal data.
     """
 
     per_user_cap: int
@@ -80,6 +82,7 @@ class GuildConfig:
     review_channel: int | None = None
     moderator_role: int | None = None
     variation_mode: str = "strong"
+    credentials_personal: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nsfw_policies", _frozen_policies(self.nsfw_policies))
@@ -126,6 +129,12 @@ def _as_int(value: JSONValue) -> int:
     return int(value)
 
 
+def _as_bool(value: JSONValue) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{value!r} is not a boolean")
+    return value
+
+
 def _as_id(value: JSONValue) -> int | None:
     return None if value is None else _as_int(value)
 
@@ -165,6 +174,7 @@ _CODECS: dict[str, _Codec] = {
     "moderator_role": (lambda c: _id_text(c.moderator_role), _as_id),
     "strictness": (lambda c: c.strictness, _as_str),
     "variation_mode": (lambda c: c.variation_mode, _as_str),
+    "credentials_personal": (lambda c: c.credentials_personal, _as_bool),
 }  # fmt: skip
 
 
@@ -378,6 +388,10 @@ class GuildConfigStore:
         if mode not in VARIATION_MODES:
             raise InvalidSettingError(f"Variations must be one of {', '.join(VARIATION_MODES)}.")
         return await self._change(guild_id, actor_id, lambda c: replace(c, variation_mode=mode))
+
+    async def set_credentials_personal(self, guild_id: str, enabled: bool, *, actor_id: str) -> GuildConfig:
+        """Whether this server's images carry their prompt in their Content Credentials (C2PA)."""
+        return await self._change(guild_id, actor_id, lambda c: replace(c, credentials_personal=enabled))
 
     def _check_available(self, model: str) -> None:
         available = self.settings.available_models

@@ -134,7 +134,21 @@ ALTER TABLE jobs ADD COLUMN source_index INTEGER;
 ALTER TABLE jobs ADD COLUMN strength REAL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+# v6: the provenance registry. Each stored image's 64-bit perceptual hash (signed two's complement:
+# SQLite integers are signed; nearest-hash search loads the column and counts bits in numpy, since
+# SQLite has no popcount and a 10-bit radius is too wide for band indexes), the 48-bit payload of its
+# invisible watermark (looked up exactly: indexed), whether it carries a C2PA manifest; sha256 lookups
+# need an index too.
+_V6 = """
+ALTER TABLE outputs ADD COLUMN phash INTEGER;
+ALTER TABLE outputs ADD COLUMN payload_id INTEGER;
+ALTER TABLE outputs ADD COLUMN c2pa INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX outputs_sha256 ON outputs (sha256);
+CREATE INDEX outputs_payload ON outputs (payload_id) WHERE payload_id IS NOT NULL;
+CREATE INDEX jobs_grid_sha256 ON jobs (grid_sha256) WHERE grid_sha256 IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 """Migration scripts in order; the schema version of a fully migrated database is ``len(MIGRATIONS)``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -53,12 +53,15 @@ class ImageStore:
 
     def write(self, image: Image.Image) -> StoredImage:
         """Encode and store an image; writing the same bytes twice is a no-op. Blocking: run off-loop."""
-        data = encode_png(image)
+        return self.write_encoded(encode_png(image), image.width, image.height)
+
+    def write_encoded(self, data: bytes, width: int, height: int) -> StoredImage:
+        """Store PNG bytes as they are (e.g. once C2PA-signed); the same bytes twice is a no-op. Blocking."""
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / digest[:2] / f"{digest}.png"
         if not path.exists():
             write_atomic(path, data)
-        return StoredImage(path, digest, image.width, image.height)
+        return StoredImage(path, digest, width, height)
 
     def sweep_temporary(self) -> int:
         """Delete temporary files a crash left mid-write; returns how many. Call before writing starts."""

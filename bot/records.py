@@ -26,6 +26,9 @@ class OutputRecord:
     height: int
     seed: int
     preview_path: str | None = None  # blurred preview, only for flagged images
+    phash: int | None = None  # 64-bit perceptual hash (unsigned), for the provenance registry
+    payload_id: int | None = None  # 48-bit invisible-watermark payload, when the image carries one
+    c2pa: bool = False  # the stored file carries a signed C2PA manifest
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,20 @@ from typing import Protocol
 
 from PIL import Image
 
+from bot import __version__
 from bot.config import Settings
 from bot.errors import CooldownError, IllegalTransitionError, PromptBlockedError, QueueFullError
 from bot.guild_config import GuildConfig, GuildConfigStore
 from bot.jobs import ACTIVE_STATES, SOURCE_MISSING, SOURCE_UNREADABLE, Job, JobRequest, JobState
-from bot.outputs import ImageStore, make_grid, make_preview
+from bot.outputs import ImageStore, StoredImage, encode_png, make_grid, make_preview
 from bot.records import OutputRecord, VerdictRecord
 from bot.scheduler import FairScheduler, QueuedJob
 from bot.storage import Storage
 from bot.throughput import ThroughputMeter
 from models.types import GenerationRequest, StepProgress, Verdict
 from models.worker import JobOutcome, OutcomeKind, Worker
+from safety.credentials import CredentialFields
+from safety.fingerprint import perceptual_hash
 from safety.policy import CheckContext
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,12 @@ class JobUpdate:
 
 
 Listener = Callable[[JobUpdate], None]
+
+
+class CredentialSigner(Protocol):
+    """Embeds a signed C2PA manifest in PNG bytes (``safety.credentials.ContentCredentials`` is one)."""
+
+    def sign(self, png: bytes, fields: CredentialFields) -> bytes: ...
 
 
 class PromptGate(Protocol):
@@ -110,6 +119,9 @@ class ImagineService:
         store: where output images are written.
         quantum: scheduler cost per turn (see :mod:`bot.scheduler`).
         prompt_gate: judges prompts before they are queued; None when the prompt stage is off.
+        credentials: signs every stored image (and grid) with a C2PA manifest; None stores them unsigned.
+        payload_of: the invisible watermark's payload for an output id, recorded in the registry;
+            None when no watermark is applied.
     """
 
     def __init__(
@@ -121,8 +133,12 @@ class ImagineService:
         *,
         quantum: int,
         prompt_gate: PromptGate | None = None,
+        credentials: CredentialSigner | None = None,
+        payload_of: Callable[[str], int] | None = None,
     ) -> None:
         self._prompt_gate = prompt_gate
+        self._credentials = credentials
+        self._payload_of = payload_of
         self.settings = settings
         self.storage = storage
         self.guild_configs = GuildConfigStore(storage, settings)  # one store: its cache sees every change
@@ -417,22 +433,35 @@ class ImagineService:
         r = job.request
         started = time.perf_counter()
         images = [o.image for o in outcome.images]
+        # The prompt goes into the Content Credentials only where the server opted in to personal data.
+        prompt = r.prompt if (await self.guild_config(r.guild_id)).credentials_personal else None
+
+        def write(image: Image.Image, output_id: str) -> StoredImage:
+            data = encode_png(image)
+            if self._credentials is not None:
+                data = self._credentials.sign(data, CredentialFields(output_id, r.model, __version__, prompt))
+            return self._store.write_encoded(data, image.width, image.height)
 
         def write_all() -> tuple[list[OutputRecord], tuple[str, str] | None]:
             records = []
             for o in outcome.images:
                 if o.image is None:
                     continue
-                stored = self._store.write(o.image)
+                # The registry: the final file's sha256, a perceptual hash and the watermark payload.
+                stored = write(o.image, o.output_id)
+                phash = perceptual_hash(o.image)
+                payload = self._payload_of(o.output_id) if self._payload_of is not None else None
                 # Moderators' cards show a blurred preview first; the full image only on request.
                 preview = self._store.write(make_preview(o.image)) if o.verdict.decision == "flag" else None
                 records.append(
                     OutputRecord(job.id, o.index, str(stored.path), stored.sha256, stored.width, stored.height,
-                                 o.seed, str(preview.path) if preview else None)
+                                 o.seed, str(preview.path) if preview else None, phash, payload,
+                                 self._credentials is not None)
                 )  # fmt: skip
             if not records:
                 return records, None
-            grid = self._store.write(make_grid(images, r.width, r.height))
+            # The grid is signed too (C2PA, exact-hash lookups); it has no watermark or perceptual hash.
+            grid = write(make_grid(images, r.width, r.height), f"{job.id}-grid")
             return records, (str(grid.path), grid.sha256)
 
         # PNG encoding and hashing are CPU-heavy: never on the event loop.

@@ -30,6 +30,7 @@ from bot.errors import JobNotFoundError, StorageError
 from bot.jobs import Job, JobKind, JobRequest, JobState
 from bot.migrations import MIGRATIONS, SCHEMA_VERSION, statements
 from bot.records import AuditRecord, JobEvent, OutputRecord, VerdictRecord
+from safety.fingerprint import to_signed, to_unsigned
 
 logger = logging.getLogger(__name__)
 
@@ -433,13 +434,18 @@ class Storage:
                 (job_id, json.dumps([v.index for v in verdicts])),
             )
             await db.executemany(
-                "INSERT INTO outputs (job_id, idx, path, sha256, width, height, seed, created_at, preview_path)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO outputs (job_id, idx, path, sha256, width, height, seed, created_at, preview_path,"
+                " phash, payload_id, c2pa) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (job_id, idx) DO UPDATE SET path = excluded.path, sha256 = excluded.sha256,"
                 " width = excluded.width, height = excluded.height, seed = excluded.seed,"
-                " preview_path = excluded.preview_path",
-                [(job_id, o.index, o.path, o.sha256, o.width, o.height, o.seed, now, o.preview_path) for o in outputs],
-            )
+                " preview_path = excluded.preview_path, phash = excluded.phash, payload_id = excluded.payload_id,"
+                " c2pa = excluded.c2pa",
+                [
+                    (job_id, o.index, o.path, o.sha256, o.width, o.height, o.seed, now, o.preview_path,
+                     None if o.phash is None else to_signed(o.phash), o.payload_id, int(o.c2pa))
+                    for o in outputs
+                ],
+            )  # fmt: skip
             await db.executemany(
                 "INSERT INTO verdicts (job_id, idx, stage, decision, category, reason, scores, model_versions,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -455,24 +461,35 @@ class Storage:
 
     async def outputs_for(self, job_id: str) -> list[OutputRecord]:
         """The stored images of a job, by index."""
-        rows = await self._fetchall(
-            "SELECT job_id, idx, path, sha256, width, height, seed, preview_path FROM outputs"
-            " WHERE job_id = ? ORDER BY idx",
-            (job_id,),
-        )
-        return [
-            OutputRecord(
-                job_id=row["job_id"],
-                index=row["idx"],
-                path=row["path"],
-                sha256=row["sha256"],
-                width=row["width"],
-                height=row["height"],
-                seed=row["seed"],
-                preview_path=row["preview_path"],
-            )
-            for row in rows
-        ]
+        rows = await self._fetchall(f"SELECT {_OUTPUT_COLUMNS} FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [_output_from_row(row) for row in rows]
+
+    # -- provenance registry ------------------------------------------------------------------------
+
+    async def outputs_by_sha256(self, sha256: str) -> list[OutputRecord]:
+        """Stored images whose file has exactly this SHA-256 (hex)."""
+        rows = await self._fetchall(f"SELECT {_OUTPUT_COLUMNS} FROM outputs WHERE sha256 = ?", (sha256,))
+        return [_output_from_row(row) for row in rows]
+
+    async def job_by_grid_sha256(self, sha256: str) -> str | None:
+        """The id of the job whose grid file has exactly this SHA-256, if any."""
+        rows = await self._fetchall("SELECT id FROM jobs WHERE grid_sha256 = ? LIMIT 1", (sha256,))
+        return str(rows[0]["id"]) if rows else None
+
+    async def outputs_by_payload(self, payload_id: int) -> list[OutputRecord]:
+        """Stored images whose invisible watermark carries this payload."""
+        rows = await self._fetchall(f"SELECT {_OUTPUT_COLUMNS} FROM outputs WHERE payload_id = ?", (payload_id,))
+        return [_output_from_row(row) for row in rows]
+
+    async def output(self, job_id: str, index: int) -> OutputRecord | None:
+        rows = await self._fetchall(f"SELECT {_OUTPUT_COLUMNS} FROM outputs WHERE job_id = ? AND idx = ?",
+                                    (job_id, index))  # fmt: skip
+        return _output_from_row(rows[0]) if rows else None
+
+    async def perceptual_hashes(self) -> list[tuple[str, int, int]]:
+        """``(job_id, index, phash)`` of every stored image that has a perceptual hash (unsigned)."""
+        rows = await self._fetchall("SELECT job_id, idx, phash FROM outputs WHERE phash IS NOT NULL")
+        return [(row["job_id"], int(row["idx"]), to_unsigned(int(row["phash"]))) for row in rows]
 
     async def verdicts_for(self, job_id: str) -> list[VerdictRecord]:
         """The verdicts about a job's images, by index."""
@@ -609,6 +626,25 @@ class Storage:
             )
             for row in rows
         ]
+
+
+_OUTPUT_COLUMNS = "job_id, idx, path, sha256, width, height, seed, preview_path, phash, payload_id, c2pa"
+
+
+def _output_from_row(row: sqlite3.Row) -> OutputRecord:
+    return OutputRecord(
+        job_id=row["job_id"],
+        index=row["idx"],
+        path=row["path"],
+        sha256=row["sha256"],
+        width=row["width"],
+        height=row["height"],
+        seed=row["seed"],
+        preview_path=row["preview_path"],
+        phash=None if row["phash"] is None else to_unsigned(int(row["phash"])),
+        payload_id=row["payload_id"],
+        c2pa=bool(row["c2pa"]),
+    )
 
 
 def _tally(rows: Sequence[sqlite3.Row]) -> dict[int, int]:

@@ -14,6 +14,7 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
 
@@ -25,6 +26,40 @@ KEY_BYTES = 32
 def _digest(key: bytes, image: Image.Image, output_id: str) -> str:
     pixels = hashlib.sha256(image.convert("RGB").tobytes()).digest()
     return hmac.new(key, output_id.encode() + b"\0" + pixels, hashlib.sha256).hexdigest()
+
+
+def key_file(path: Path) -> bytes:
+    """A secret key kept in a file: read it, creating it (random, mode 0600) on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+    return path.read_bytes()
+
+
+class Marker(Protocol):
+    """Anything that marks an image with its output id (the worker's ``Watermarker``)."""
+
+    def mark(self, image: Image.Image, output_id: str) -> Image.Image: ...
+
+
+class MarkChain:
+    """Applies marks in order: pixel marks (the invisible watermark) first, then the metadata signature,
+    whose HMAC covers the final pixels. Any mark that raises propagates: the worker then blocks the image.
+    """
+
+    name = "provenance"
+
+    def __init__(self, *marks: Marker) -> None:
+        if not marks:
+            raise ValueError("a mark chain needs at least one mark")
+        self._marks = marks
+
+    def mark(self, image: Image.Image, output_id: str) -> Image.Image:
+        for marker in self._marks:
+            image = marker.mark(image, output_id)
+        return image
 
 
 class MetadataSigner:
@@ -40,13 +75,7 @@ class MetadataSigner:
     @classmethod
     def from_key_file(cls, path: Path) -> MetadataSigner:
         """Load the key, creating it (mode 0600) on first use."""
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(KEY_BYTES))
-        key = path.read_bytes()
-        return cls(key)
+        return cls(key_file(path))
 
     def mark(self, image: Image.Image, output_id: str) -> Image.Image:
         marked = image.copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 from typing import Any
@@ -11,10 +12,11 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import open_service
+from bot.app import open_service, open_verifier
 from bot.chat.buttons import JobButton
 from bot.chat.imagine import ImagineCog
 from bot.chat.settings import SettingsCog
+from bot.chat.verify import VerifyCog
 from bot.config import Settings
 from bot.errors import ConfigError, UserFacingError
 
@@ -80,6 +82,8 @@ class ImagineBot(commands.AutoShardedBot):
         service = await self._resources.enter_async_context(open_service(self.settings))
         await self.add_cog(ImagineCog(self, service))
         await self.add_cog(SettingsCog(self, service))
+        verifier = await asyncio.to_thread(open_verifier, self.settings, service.storage)
+        await self.add_cog(VerifyCog(self, service, verifier))
         self.add_dynamic_items(JobButton)
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
         await self.sync_commands()

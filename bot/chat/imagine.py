@@ -495,8 +495,11 @@ def _age_restricted(interaction: discord.Interaction[Any], config: GuildConfig |
 def _may_moderate(interaction: discord.Interaction[Any], job: Job, config: GuildConfig | None = None) -> bool:
     """The requester, a member who can manage messages, or one with the server's moderator role (/settings)
     may cancel or delete a job."""
-    if str(interaction.user.id) == job.request.user_id:
-        return True
+    return str(interaction.user.id) == job.request.user_id or may_moderate_here(interaction, config)
+
+
+def may_moderate_here(interaction: discord.Interaction[Any], config: GuildConfig | None = None) -> bool:
+    """A member with Manage Messages (or Administrator), or with the server's moderator role."""
     if config is not None and config.is_moderator(role.id for role in getattr(interaction.user, "roles", ())):
         return True
     permissions = getattr(interaction, "permissions", None)

@@ -99,10 +99,16 @@ def variations_line(c: GuildConfig) -> str:
     return f"Variations (V1-V4): {c.variation_mode}."
 
 
+def credentials_line(c: GuildConfig) -> str:
+    if c.credentials_personal:
+        return "Content Credentials: include the prompt (never the member)."
+    return "Content Credentials: no personal data (no prompt, no member)."
+
+
 def summary(c: GuildConfig, s: Settings) -> str:
     """Everything ``/settings show`` lists, one line per setting."""
     lines = [channels_line(c), limits_line(c, s), models_line(c, s), nsfw_line(c), review_line(c),
-             strictness_line(c), variations_line(c)]  # fmt: skip
+             strictness_line(c), variations_line(c), credentials_line(c)]  # fmt: skip
     return "**imaginebot settings for this server**\n" + "\n".join(lines)
 
 
@@ -270,6 +276,15 @@ class SettingsCog(commands.GroupCog, group_name="settings", group_description="T
             mode: subtle (close to the image) or strong (freer).
         """
         await self._change(interaction, variations_line, self.store.set_variation_mode, mode)
+
+    @app_commands.command(name="credentials")
+    async def credentials(self, interaction: discord.Interaction[Any], include_prompt: bool) -> None:
+        """Whether the prompt goes into the images' signed Content Credentials (C2PA).
+
+        Args:
+            include_prompt: Put the prompt in each image's credentials (anyone with the file can read it).
+        """
+        await self._change(interaction, credentials_line, self.store.set_credentials_personal, include_prompt)
 
     # --- helpers ---
 

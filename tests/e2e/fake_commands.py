@@ -62,8 +62,16 @@ def _options_problems(options: list[JSON], path: tuple[str, ...]) -> list[Proble
 def command_problems(command: JSON, index: int) -> list[Problem]:
     """What Discord would reject in one command definition of a bulk overwrite."""
     path = (str(index),)
-    problems = _name_problems(command, path)
     command_type = int(command.get("type", 1))
+    if command_type == 1:
+        problems = _name_problems(command, path)
+    else:  # user and message (context menu) commands: any 1-32 characters, spaces and capitals included
+        name = command.get("name") or ""
+        problems = (
+            []
+            if 1 <= len(name) <= 32
+            else [((*path, "name"), "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 32 in length.")]
+        )
     description = command.get("description") or ""
     if command_type == 1 and not 1 <= len(description) <= 100:
         problems.append(((*path, "description"), "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."))

@@ -242,6 +242,14 @@ class FakeDiscord:
         record = self._builder.slash(guild_id, channel_id, _user_id(user), name, options, subcommand)
         return await self._dispatch_interaction(record)
 
+    async def message_command(
+        self, guild_id: int, channel_id: int, user: UserRef, name: str, message: JSON | int
+    ) -> InteractionRecord:
+        """A member runs the message context-menu command ``name`` ("Apps" menu) on a stored message."""
+        stored = self.state.message(message) if isinstance(message, int) else self.state.message(int(message["id"]))
+        record = self._builder.message_command(guild_id, channel_id, _user_id(user), name, stored)
+        return await self._dispatch_interaction(record)
+
     async def click(
         self,
         guild_id: int,

@@ -80,6 +80,20 @@ class InteractionBuilder:
             data["guild_id"] = command["guild_id"]
         return self._record(2, guild, channel_id, user_id, data)
 
+    def message_command(
+        self, guild_id: int, channel_id: int, user_id: int, name: str, message: JSON
+    ) -> InteractionRecord:
+        """A message context-menu command (application command type 3) run on ``message``."""
+        guild = self._state.guild(guild_id)
+        if message["channel_id"] != str(channel_id):
+            raise ValueError(f"message {message['id']} is in channel {message['channel_id']}, not {channel_id}")
+        command = self._synced_command(guild_id, name, command_type=3)
+        data: JSON = {"id": command["id"], "name": command["name"], "type": 3, "target_id": str(message["id"]),
+                      "resolved": {"messages": {str(message["id"]): copy.deepcopy(message)}}}  # fmt: skip
+        if "guild_id" in command:
+            data["guild_id"] = command["guild_id"]
+        return self._record(2, guild, channel_id, user_id, data)
+
     def click(
         self,
         guild_id: int,
@@ -105,11 +119,12 @@ class InteractionBuilder:
 
     # -- commands and options ----------------------------------------------------------------
 
-    def _synced_command(self, guild_id: int, name: str) -> JSON:
+    def _synced_command(self, guild_id: int, name: str, *, command_type: int = 1) -> JSON:
         for command in [*self._state.guild_commands.get(guild_id, []), *self._state.global_commands]:
-            if command["name"] == name and command["type"] == 1:
+            if command["name"] == name and command["type"] == command_type:
                 return command
-        raise ValueError(f"/{name} is not synced to guild {guild_id} nor globally; sync the command tree first")
+        raise ValueError(f"command {name!r} (type {command_type}) is not synced to guild {guild_id} nor globally; "
+                         "sync the command tree first")  # fmt: skip
 
     @staticmethod
     def _leaf(command: JSON, path: list[str]) -> tuple[list[JSON], list[tuple[int, str]]]:

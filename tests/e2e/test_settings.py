@@ -130,6 +130,10 @@ async def test_an_admins_strictness_and_limits_show_up_in_show(
         "5 jobs waiting in this server (this bot allows 50)."
     ) in after["content"]
     assert "/imagine works in: every channel." in after["content"]
+    assert "Content Credentials: no personal data" in after["content"]
+    data = await settings_command(discord_server, discord_guild, general, owner, "credentials", include_prompt=True)
+    assert data["content"] == "Saved. Content Credentials: include the prompt (never the member)."
+    assert (await storage_of(bot).guild_settings(str(discord_guild.id)))["credentials_personal"] is True
 
 
 async def test_buttons_follow_the_servers_settings(
