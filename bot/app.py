@@ -26,6 +26,7 @@ from safety.clip import ClipSpec
 from safety.credentials import ContentCredentials
 from safety.provenance import MarkChain, MetadataSigner, key_file
 from safety.suite import SafetySuite, build_suite
+from safety.watermark import MIN_SIDE as WATERMARK_MIN_SIDE
 from safety.watermark import InvisibleWatermark, payload_id
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
             await asyncio.to_thread(store.sweep_temporary)
             service = ImagineService(
                 settings, storage, worker, store, quantum=default_quantum(settings), prompt_gate=safety.prompt,
-                credentials=credentials, payload_of=payload_id,
+                credentials=credentials, payload_of=payload_id, min_side=WATERMARK_MIN_SIDE,
             )  # fmt: skip
             try:
                 await service.start()  # every process with a worker first resumes unfinished jobs

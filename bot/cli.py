@@ -128,7 +128,11 @@ async def _generate(args: argparse.Namespace, settings: Settings) -> int:
             await service.preload(requests[0].model)
         except ModelError as exc:
             raise UsageError(f"--model: {exc}") from None
-        submitted = [await service.submit(r, enforce_caps=False) for r in requests]
+        try:
+            submitted = [await service.submit(r, enforce_caps=False) for r in requests]
+        except InvalidRequestError as exc:  # e.g. a size too small for the watermark
+            field, _, rest = exc.message.partition(":")
+            raise UsageError(f"{OPTION_OF_FIELD.get(field, field)}:{rest}") from None
         finished = await _finish(service, resumed + submitted)
         return await _report(service, finished[len(resumed) :], args)
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from bot import __version__
 from bot.config import Settings
-from bot.errors import CooldownError, IllegalTransitionError, PromptBlockedError, QueueFullError
+from bot.errors import CooldownError, IllegalTransitionError, InvalidRequestError, PromptBlockedError, QueueFullError
 from bot.guild_config import GuildConfig, GuildConfigStore
 from bot.jobs import ACTIVE_STATES, SOURCE_MISSING, SOURCE_UNREADABLE, Job, JobRequest, JobState
 from bot.outputs import ImageStore, StoredImage, encode_png, make_grid, make_preview
@@ -122,6 +122,8 @@ class ImagineService:
         credentials: signs every stored image (and grid) with a C2PA manifest; None stores them unsigned.
         payload_of: the invisible watermark's payload for an output id, recorded in the registry;
             None when no watermark is applied.
+        min_side: the smallest image side the marks can be applied to; smaller requests are refused
+            up front rather than generated and then blocked for want of a watermark.
     """
 
     def __init__(
@@ -135,10 +137,12 @@ class ImagineService:
         prompt_gate: PromptGate | None = None,
         credentials: CredentialSigner | None = None,
         payload_of: Callable[[str], int] | None = None,
+        min_side: int = 0,
     ) -> None:
         self._prompt_gate = prompt_gate
         self._credentials = credentials
         self._payload_of = payload_of
+        self._min_side = min_side
         self.settings = settings
         self.storage = storage
         self.guild_configs = GuildConfigStore(storage, settings)  # one store: its cache sees every change
@@ -210,6 +214,7 @@ class ImagineService:
             CooldownError: the user's last job in this server is more recent than its cooldown allows.
             PromptBlockedError: the prompt filter blocked the prompt (the message says why, in plain words).
         """
+        self._check_size(request)
         config = await self.guild_config(request.guild_id)
         request = _with_channel_policy(request, config)
         if not prechecked:
@@ -232,10 +237,16 @@ class ImagineService:
             QueueFullError: a cap is reached.
             CooldownError: the server's cooldown has not passed since the user's last job there.
         """
+        self._check_size(request)
         config = await self.guild_config(request.guild_id)
         await self._check_prompt(_with_channel_policy(request, config), config)
         if enforce_caps:
             await self._check_caps(request, config)
+
+    def _check_size(self, request: JobRequest) -> None:
+        if min(request.width, request.height) < self._min_side:
+            raise InvalidRequestError(f"size: {request.width}x{request.height} is too small to carry the provenance "
+                                      f"watermark; both sides must be at least {self._min_side}")  # fmt: skip
 
     def queued_for_guild(self, guild_id: str) -> int:
         return self._scheduler.queued_for_guild(guild_id)

@@ -53,6 +53,8 @@ _K = 7  # convolutional code constraint length
 _GENERATORS = (0o133, 0o171, 0o165)  # rate 1/3, free distance 15
 _CODED_BITS = (INFO_BITS + _K - 1) * len(_GENERATORS)
 _TARGET_PSNR = 42.0  # dB against the unmarked image, before rounding and clipping
+MIN_SIDE = 192  # pixels: a smaller side has too few cells for the 258 coded bits to decode reliably
+_STRONGEST_PSNR = 38.0  # mark() may go this far for an image the mark does not survive at _TARGET_PSNR
 _BLUR = 0.7  # sigma (pixels) of the blur that moves the cell pattern's energy to frequencies that survive
 _FLOOR = 4.0  # embedding weight in flat areas, relative to the mean texture
 _CROP_AREA = 0.8  # the informed embedding also keeps the margin of this centre crop
@@ -76,6 +78,14 @@ DEFAULT_CANONICAL_SIZES: tuple[tuple[int, int], ...] = tuple(
         + [_size_for(aspect, base) for base in (256, 512, 1024) for aspect in _ASPECTS.values()]
     )
 )
+
+
+class WatermarkError(RuntimeError):
+    """An image cannot carry the watermark (it would not decode); it must not be posted unmarked."""
+
+
+def _rms(psnr: float) -> float:
+    return 255.0 * 10 ** (-psnr / 20)
 
 
 def payload_id(output_id: str) -> int:
@@ -199,17 +209,37 @@ class InvisibleWatermark:
             raise ValueError(f"canonical sizes must be positive, got {list(canonical_sizes)}")
         self._key = key
         self._canonical = tuple(canonical_sizes)
-        self._rms = 255.0 * 10 ** (-psnr / 20)
+        self._rms = _rms(psnr)
+        # mark() falls back to stronger marks, never below _STRONGEST_PSNR (the issue's 38 dB floor).
+        self._strengths = [self._rms] + [_rms(p) for p in (40.0, _STRONGEST_PSNR) if p < psnr]
         self._map, self._chips = _carrier_map(key)
 
     # -- public API --
 
     def mark(self, image: Image.Image, output_id: str) -> Image.Image:
-        """Same as :meth:`embed` (the ``Watermarker`` protocol)."""
-        return self.embed(image, output_id)
+        """Embed and check (the ``Watermarker`` protocol): the result is known to decode.
+
+        An image the mark does not survive at the configured strength (mostly pixels pinned at 0
+        or 255, where clipping erases it) is marked again at up to :data:`_STRONGEST_PSNR` dB.
+
+        Raises:
+            WatermarkError: the image is smaller than :data:`MIN_SIDE` or the mark does not decode
+                even at the strongest level; the worker blocks the image (fail closed).
+        """
+        if min(image.size) < MIN_SIDE:
+            raise WatermarkError(f"output {output_id}: {image.width}x{image.height} is too small to carry the "
+                                 f"watermark (at least {MIN_SIDE} pixels a side)")  # fmt: skip
+        for rms in self._strengths:
+            marked = self._embed(image, output_id, rms)
+            if self.verify(marked, output_id):
+                return marked
+        raise WatermarkError(f"output {output_id}: the watermark does not survive in this image")
 
     def embed(self, image: Image.Image, output_id: str) -> Image.Image:
         """Return an RGB copy of ``image`` (same size) carrying ``payload_id(output_id)`` and its tag."""
+        return self._embed(image, output_id, self._rms)
+
+    def _embed(self, image: Image.Image, output_id: str, rms: float) -> Image.Image:
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
         height, width = rgb.shape[:2]
         ident = payload_id(output_id)
@@ -225,7 +255,7 @@ class InvisibleWatermark:
         def field(amplitudes: Float) -> Float:
             cells = chips * (signs * amplitudes).astype(np.float32)[index]
             delta = cv2.GaussianBlur(cells, (0, 0), _BLUR, borderType=cv2.BORDER_REFLECT) * weight
-            return (delta * (self._rms / max(float(np.sqrt(np.mean(delta * delta))), 1e-6))).astype(np.float32)
+            return (delta * (rms / max(float(np.sqrt(np.mean(delta * delta))), 1e-6))).astype(np.float32)
 
         # Informed embedding: read what the decoder sees from the host alone and from the host
         # plus a uniform mark (whole, centre-cropped, downscaled), then give each coded bit the

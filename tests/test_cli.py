@@ -40,7 +40,7 @@ def psnr(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
 
 
 def test_generate_is_reproducible_and_reports_json(tmp_path: Path) -> None:
-    args = ("generate", "a lighthouse at dusk", "--count", "4", "--seed", "7", "--size", "64x64", "--json")
+    args = ("generate", "a lighthouse at dusk", "--count", "4", "--seed", "7", "--size", "192x192", "--json")
     first = json.loads(imaginebot(tmp_path / "data", *args, "--out", str(tmp_path / "a")).stdout)
     second = json.loads(imaginebot(tmp_path / "data", *args, "--out", str(tmp_path / "b")).stdout)
     assert first["state"] == "done" and first["job_id"] != second["job_id"]
@@ -51,7 +51,7 @@ def test_generate_is_reproducible_and_reports_json(tmp_path: Path) -> None:
         assert Path(a["path"]).parent == tmp_path / "a"
         # Same pixels but for the invisible watermark, which carries each output's own id (~40 dB each).
         assert psnr(pixels(a["path"]), pixels(b["path"])) > 35
-    assert pixels(first["grid"]).shape == (128, 128, 3)
+    assert pixels(first["grid"]).shape == (384, 384, 3)  # 2x2 tiles of 192
     assert set(first["timings"]) >= {"generate", "safety", "mark", "store"}
 
     listed = json.loads(imaginebot(tmp_path / "data", "jobs", "--json").stdout)
@@ -63,7 +63,7 @@ def test_generate_is_reproducible_and_reports_json(tmp_path: Path) -> None:
 
 
 def test_text_report(tmp_path: Path) -> None:
-    out = imaginebot(tmp_path, "generate", "a red circle", "--count", "2", "--seed", "1", "--size", "64x64").stdout
+    out = imaginebot(tmp_path, "generate", "a red circle", "--count", "2", "--seed", "1", "--size", "192x192").stdout
     assert "done" in out and "seed 1" in out and "timings" in out and "grid:" in out and "allow" in out
 
 
@@ -82,6 +82,7 @@ def test_text_report(tmp_path: Path) -> None:
         (["generate", "x", "--prompts", "nope.txt"], "not allowed with argument"),
         (["generate", "--prompts", "/nonexistent/prompts.txt"], "--prompts: cannot read"),
         (["generate", "x", "--model", "builtin:huge"], "--model: unknown built-in model 'builtin:huge'"),
+        (["generate", "x", "--size", "128x256"], "--size: 128x256 is too small to carry the provenance watermark"),
         (["jobs", "--limit", "0"], "--limit: 0 must be at least 1"),
         (["jobs", "--state", "lost"], "argument --state: invalid choice: 'lost'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -119,7 +120,7 @@ def test_bad_configuration_names_the_variable(
 def test_batch_mode_queues_one_job_per_line(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\n  a blue square  \na green star\n")
-    result = imaginebot(tmp_path / "data", "generate", "--prompts", str(prompts), "--count", "1", "--size", "64x64",
+    result = imaginebot(tmp_path / "data", "generate", "--prompts", str(prompts), "--count", "1", "--size", "192x192",
                         "--json")  # fmt: skip
     records = json.loads(result.stdout)
     assert [r["prompt"] for r in records] == ["a red circle", "a blue square", "a green star"]

@@ -17,7 +17,7 @@ from tests.test_cli import OFFLINE_STAGES, imaginebot
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("verify")
-    args = ("generate", "a lighthouse at dusk", "--count", "2", "--seed", "7", "--size", "64x64", "--json")
+    args = ("generate", "a lighthouse at dusk", "--count", "2", "--seed", "7", "--size", "192x192", "--json")
     record = json.loads(imaginebot(root / "data", *args, "--out", str(root / "out")).stdout)
     return root, record
 

@@ -33,7 +33,7 @@ def test_sigkill_then_resume_completes_every_job_exactly_once(tmp_path: Path) ->
     # One job per batch, slow enough that the kill lands with jobs done, running and queued.
     env = {**os.environ, "IMAGINEBOT_DATA_DIR": str(data), "IMAGINEBOT_MAX_BATCH_IMAGES": "2",
            "IMAGINEBOT_SAFETY_STAGES": "prompt,integrity,faces"}  # fmt: skip
-    args = ["generate", "--prompts", str(prompts), "--count", "2", "--size", "128x128", "--steps", "30", "--seed", "5"]
+    args = ["generate", "--prompts", str(prompts), "--count", "2", "--size", "192x192", "--steps", "30", "--seed", "5"]
     process = subprocess.Popen([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=env)
     db = data / "imaginebot.sqlite3"
     deadline = time.monotonic() + 180

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from bot.config import Settings
-from bot.errors import IllegalTransitionError, QueueFullError
+from bot.errors import IllegalTransitionError, InvalidRequestError, QueueFullError
 from bot.jobs import SOURCE_MISSING, JobRequest, JobState, Requester, upscale_request, variation_request
 from bot.outputs import ImageStore
 from bot.service import ImagineService, JobUpdate, PromptGate, final_state
@@ -43,6 +43,7 @@ async def service_for(
     start: bool = True,
     policy: Policy | None = None,
     prompt_gate: PromptGate | None = None,
+    min_side: int = 0,
     **settings: object,
 ) -> AsyncIterator[ImagineService]:
     s = replace(Settings(data_dir=tmp_path), **settings)  # type: ignore[arg-type]
@@ -50,8 +51,9 @@ async def service_for(
     worker = Worker(lambda m: gen, policy or Policy([IntegrityStage()]), MetadataSigner(b"k" * 32))
     async with await Storage.open(s.db_path) as storage, worker:
         service = ImagineService(
-            s, storage, worker, ImageStore(s.images_dir), quantum=req().cost, prompt_gate=prompt_gate
-        )
+            s, storage, worker, ImageStore(s.images_dir), quantum=req().cost, prompt_gate=prompt_gate,
+            min_side=min_side,
+        )  # fmt: skip
         try:
             if start:
                 await service.start()
@@ -249,6 +251,15 @@ async def test_a_blocked_prompt_is_refused_before_anything_is_queued(tmp_path: P
         assert entry.action == "prompt_blocked" and entry.actor_id == "u1" and entry.detail["category"] == "sexual"
         good = await service.submit(req())
         assert (await service.wait(good.id)).state is JobState.DONE
+
+
+async def test_sizes_too_small_for_the_watermark_are_refused_up_front(tmp_path: Path) -> None:
+    async with service_for(tmp_path, min_side=128) as service:  # open_service passes safety.watermark.MIN_SIDE
+        with pytest.raises(InvalidRequestError, match=r"size: 64x64 is too small .* at least 128"):
+            await service.precheck(req())
+        with pytest.raises(InvalidRequestError, match="size: 64x64"):
+            await service.submit(req(), enforce_caps=False)
+        assert await service.storage.list_jobs() == []
 
 
 async def test_a_prechecked_request_is_judged_once(tmp_path: Path) -> None:

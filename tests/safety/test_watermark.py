@@ -19,6 +19,7 @@ from safety.watermark import (
     DEFAULT_CANONICAL_SIZES,
     PAYLOAD_ID_BITS,
     InvisibleWatermark,
+    WatermarkError,
     WatermarkMatch,
     payload_id,
 )
@@ -162,3 +163,16 @@ def test_every_attack_over_more_photos(size: int, watermark: InvisibleWatermark)
         assert _psnr(image, stamped) >= 38.0
         for attack, fn in ATTACKS.items():
             assert watermark.verify(fn(stamped), f"slow-{i}"), f"{attack} on image {i} at {size}"
+
+
+def test_mark_checks_its_work_and_fails_closed(watermark: InvisibleWatermark) -> None:
+    # Every pixel pinned at 0 or 255 in a one-pixel checkerboard: clipping erases any mark, so mark()
+    # refuses (the worker then blocks the image) instead of returning an image that is not marked.
+    checker = (np.indices((256, 256)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    with pytest.raises(WatermarkError, match="does not survive"):
+        watermark.mark(Image.fromarray(np.stack([checker] * 3, axis=-1)), "checker-0")
+    with pytest.raises(WatermarkError):
+        watermark.mark(Image.new("RGB", (16, 16), (128, 128, 128)), "too-small-0")  # no room for 258 coded bits
+    photo = _images(256)[0]
+    stamped = watermark.mark(photo, "photo-0")
+    assert watermark.verify(stamped, "photo-0") and _psnr(photo, stamped) >= 38.0
