@@ -58,6 +58,16 @@ class CredentialSigner(Protocol):
     def sign(self, png: bytes, fields: CredentialFields) -> bytes: ...
 
 
+@dataclass(frozen=True)
+class QueuePlace:
+    """One queued job as /queue shows it: its place in the dispatch order and when it should finish."""
+
+    job_id: str
+    user_id: str
+    position: int
+    eta: float | None
+
+
 class PromptGate(Protocol):
     """Judges a prompt before anything is queued (``safety.suite.PromptStage`` is one)."""
 
@@ -247,6 +257,18 @@ class ImagineService:
         if min(request.width, request.height) < self._min_side:
             raise InvalidRequestError(f"size: {request.width}x{request.height} is too small to carry the provenance "
                                       f"watermark; both sides must be at least {self._min_side}")  # fmt: skip
+
+    def guild_queue(self, guild_id: str, *, limit: int = 10) -> list[QueuePlace]:
+        """The first ``limit`` queued jobs of one server, with their place in the whole dispatch order."""
+        places: list[QueuePlace] = []
+        ahead = 0
+        for position, queued in enumerate(self._scheduler.snapshot(), 1):
+            ahead += queued.cost
+            if queued.guild_id == guild_id:
+                places.append(QueuePlace(queued.job_id, queued.user_id, position, self._meter.eta_seconds(ahead)))
+                if len(places) >= limit:
+                    break
+        return places
 
     def queued_for_guild(self, guild_id: str) -> int:
         return self._scheduler.queued_for_guild(guild_id)

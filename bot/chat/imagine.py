@@ -132,9 +132,15 @@ class ImagineCog(commands.Cog):
         jobs = await self.service.storage.list_jobs(limit=25, user_id=str(interaction.user.id),
                                                     states={JobState.QUEUED, JobState.RUNNING})  # fmt: skip
         lines = [self._queue_line(job) for job in jobs]
-        guild_total = self.service.queued_for_guild(str(interaction.guild_id))
-        text = "\n".join(lines) if lines else "You have nothing queued."
-        await interaction.response.send_message(f"{text}\nJobs waiting in this server: {guild_total}", ephemeral=True)
+        guild_id = str(interaction.guild_id)
+        text = "**Yours**\n" + "\n".join(lines) if lines else "You have nothing queued."
+        places = self.service.guild_queue(guild_id)
+        total = self.service.queued_for_guild(guild_id)
+        server = [f"#{p.position} · <@{p.user_id}>" + (f" · ~{p.eta:.0f} s" if p.eta is not None else "")
+                  for p in places]  # fmt: skip
+        more = f"\n…and {total - len(places)} more" if total > len(places) else ""
+        text += f"\n**This server: {total} waiting**" + ("\n" + "\n".join(server) + more if server else "")
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="cancel")
     @app_commands.guild_only()

@@ -164,9 +164,14 @@ async def test_queue_history_and_cancel_commands(
     record = await imagine(discord_server, discord_guild, alice, prompt="a green star", steps=150, count=4, seed=11)
     path = original_path(discord_server, record)
     await queued_message(discord_server, record)
+    bob = discord_server.add_member(discord_guild.id, name="bob")
+    waiting = await imagine(discord_server, discord_guild, bob, prompt="a red moon", steps=150, count=4)
+    await queued_message(discord_server, waiting)  # behind alice's running job
     queue = await discord_server.slash(discord_guild.id, channel, alice, "queue", {})
     answer = (await discord_server.wait_for_response(queue)).json["data"]
     assert answer["flags"] & 64 and "a green star" in answer["content"]
+    assert "**This server: 1 waiting**" in answer["content"] and f"#1 · <@{bob.user.id}>" in answer["content"]
+    assert answer["allowed_mentions"]["parse"] == []  # listing members does not ping them
     cancel = await discord_server.slash(discord_guild.id, channel, alice, "cancel", {})
     assert "Cancelling" in (await discord_server.wait_for_response(cancel)).json["data"]["content"]
     await discord_server.wait_for(
