@@ -39,6 +39,7 @@ from bot.chat.imagine import ImagineCog  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from tests.e2e.fake_discord import FakeDiscord  # noqa: E402
 from tests.e2e.harness import running  # noqa: E402
+from tests.e2e.results import final_upload, job_of  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -108,8 +109,7 @@ async def measure(args: argparse.Namespace) -> None:
 async def delivered(server: FakeDiscord, records: list[Any]) -> None:
     """Wait until every job of the ack phase has its final message (the grid) posted."""
     for record in records:
-        path = server.webhook_path(record) + "/messages/@original"
-        await server.wait_for(lambda c, p=path: c.method == "PATCH" and c.path == p and bool(c.files), timeout=600)
+        await final_upload(server, record, timeout=600)
 
 
 async def job_overheads(
@@ -126,12 +126,10 @@ async def job_overheads(
         sent = await server.wait_for_frame(
             lambda f, rid=record.id: f.t == "INTERACTION_CREATE" and f.d["id"] == str(rid), since=since
         )
-        path = server.webhook_path(record) + "/messages/@original"
-        done = await server.wait_for(lambda c, p=path: c.method == "PATCH" and c.path == p and bool(c.files),
-                                     timeout=120)  # fmt: skip
+        done = await final_upload(server, record, timeout=120)
         message = server.original_message(record)
         assert message is not None
-        job_id = message["components"][0]["components"][0]["custom_id"].split(":")[2]
+        job_id = job_of(message)
         timings = cog.service.timings[job_id]
         total = done.received_at - sent.at
         generate = timings["generate"] + timings.get("load", 0.0)

@@ -17,6 +17,7 @@ from tests.e2e.fake_discord import FakeDiscord
 from tests.e2e.fake_interactions import OptionValue
 from tests.e2e.fake_models import FakeGuild
 from tests.e2e.fake_state import ATTACHMENT_SIZE_LIMIT
+from tests.e2e.results import final_upload, original_path
 
 SMALL_LIMIT = 50_000  # bytes: well under the PNG grid of two 256 px images, above a JPEG of it
 
@@ -44,9 +45,7 @@ async def test_a_grid_over_the_limit_is_uploaded_smaller(
     options: dict[str, OptionValue] = {"prompt": "a harbour full of boats", "count": 2, "seed": 4}
     record = await discord_server.slash(discord_guild.id, general(discord_guild), alice, "imagine", options)
     assert record.payload["attachment_size_limit"] == SMALL_LIMIT
-    original = discord_server.webhook_path(record) + "/messages/@original"
-    upload = await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == original and bool(c.files),
-                                           timeout=60)  # fmt: skip
+    upload = await final_upload(discord_server, record)
     assert upload.status == 200  # not 413: nothing over the limit was sent
     [(filename, data)] = upload.files.items()
     assert filename.endswith(".jpg") and len(data) <= SMALL_LIMIT
@@ -68,7 +67,7 @@ async def test_a_limit_no_sensible_version_fits_posts_the_result_without_the_gri
     alice = discord_server.add_member(discord_guild.id, name="alice")
     options: dict[str, OptionValue] = {"prompt": "a quiet orchard", "count": 1, "seed": 9}
     record = await discord_server.slash(discord_guild.id, general(discord_guild), alice, "imagine", options)
-    original = discord_server.webhook_path(record) + "/messages/@original"
+    original = original_path(discord_server, record)
     final = await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == original
                                           and "seed `9`" in str(c.json), timeout=60)  # fmt: skip
     assert final.status == 200 and not final.files  # the text and buttons arrive; no upload was refused

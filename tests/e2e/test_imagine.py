@@ -16,36 +16,21 @@ from bot.jobs import VARIATION_STRENGTH, JobKind
 from tests.e2e.fake_discord import FakeDiscord
 from tests.e2e.fake_models import JSON, FakeGuild, Permission
 from tests.e2e.harness import running
+from tests.e2e.results import custom_ids, final_message, job_of, original_path
 
 
 def channel_of(guild: FakeGuild) -> int:
     return next(iter(guild.channels.values())).id
 
 
-def custom_ids(message: JSON) -> list[str]:
-    return [c["custom_id"] for row in message.get("components", []) for c in row.get("components", [])]
-
-
 async def imagine(server: FakeDiscord, guild: FakeGuild, user: Any, **options: Any) -> Any:
     return await server.slash(guild.id, channel_of(guild), user, "imagine", options)
-
-
-def original_path(server: FakeDiscord, record: Any) -> str:
-    return server.webhook_path(record) + "/messages/@original"
 
 
 async def queued_message(server: FakeDiscord, record: Any) -> JSON:
     """The job's message once the bot has first edited it (queued, with the Cancel button)."""
     path = original_path(server, record)
     await server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
-    message = server.original_message(record)
-    assert message is not None
-    return message
-
-
-async def final_message(server: FakeDiscord, record: Any) -> JSON:
-    path = original_path(server, record)
-    await server.wait_for(lambda c: c.method == "PATCH" and c.path == path and bool(c.files), timeout=60)
     message = server.original_message(record)
     assert message is not None
     return message
@@ -220,10 +205,6 @@ async def test_delete_is_for_the_requester_or_a_moderator(
     accepted = await discord_server.click(discord_guild.id, channel, alice, message, delete_id)
     await discord_server.wait_for_response(accepted)
     await discord_server.wait_for(lambda c: c.method == "DELETE" and str(message["id"]) in c.path, timeout=10)
-
-
-def job_of(message: JSON) -> str:
-    return custom_ids(message)[0].split(":")[2]
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from bot.config import Settings
 from bot.storage import Storage
 from tests.e2e.fake_discord import FakeDiscord
 from tests.e2e.fake_models import JSON, FakeChannel, FakeGuild, Permission
+from tests.e2e.results import final_message, final_upload, job_of, original_path
 
 EPHEMERAL = 64
 
@@ -100,7 +101,7 @@ async def test_imagine_only_works_in_the_channels_an_admin_allowed(
     accepted = await discord_server.slash(discord_guild.id, art.id, alice, "imagine", {"prompt": "a fox", "count": 1})
     answer = await discord_server.wait_for_response(accepted)
     assert answer.json["type"] == 5  # deferred: queued
-    path = discord_server.webhook_path(accepted) + "/messages/@original"
+    path = original_path(discord_server, accepted)
     await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path, timeout=30)
     [job] = await storage_of(bot).list_jobs()
     assert job.request.channel_id == str(art.id)
@@ -145,18 +146,13 @@ async def test_buttons_follow_the_servers_settings(
     assert data["content"] == "Saved. Variations (V1-V4): subtle."
     record = await discord_server.slash(discord_guild.id, general.id, alice, "imagine",
                                         {"prompt": "a green star", "count": 1, "seed": 4})  # fmt: skip
-    path = discord_server.webhook_path(record) + "/messages/@original"
-    await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == path and bool(c.files), timeout=60)
-    grid = discord_server.original_message(record)
-    assert grid is not None
-    job_id = grid["components"][0]["components"][0]["custom_id"].split(":")[2]
+    grid = await final_message(discord_server, record)
+    job_id = job_of(grid)
 
     # V1 uses the server's variation mode.
     click = await discord_server.click(discord_guild.id, general.id, alice, grid, f"ib:v:{job_id}:0")
     assert (await discord_server.wait_for_response(click)).json["type"] == 5
-    varied_path = discord_server.webhook_path(click) + "/messages/@original"
-    done = await discord_server.wait_for(lambda c: c.method == "PATCH" and c.path == varied_path and bool(c.files),
-                                         timeout=60)  # fmt: skip
+    done = await final_upload(discord_server, click)
     assert "variations (subtle) of image 1" in done.json["content"]
 
     # Once /imagine is limited to #art, a click in #general that would make a new job is refused privately.

@@ -19,6 +19,7 @@ from tests.e2e.fake_discord import FakeDiscord
 from tests.e2e.fake_models import FakeGuild, shard_of
 from tests.e2e.fake_state import InteractionRecord
 from tests.e2e.harness import running
+from tests.e2e.results import final_upload
 
 
 class QuickIdentifyBot(ImagineBot):
@@ -78,8 +79,7 @@ async def imagine_in(server: FakeDiscord, guild: FakeGuild) -> InteractionRecord
                                                                                        "count": 1})  # fmt: skip
     callback = await server.wait_for_response(record, timeout=30)
     assert callback.json["type"] == 5  # deferred
-    original = server.webhook_path(record) + "/messages/@original"
-    await server.wait_for(lambda c: c.method == "PATCH" and c.path == original and bool(c.files), timeout=60)
+    await final_upload(server, record)
     return record
 
 

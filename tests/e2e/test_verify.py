@@ -11,6 +11,7 @@ from PIL import Image
 from bot.chat.client import ImagineBot
 from tests.e2e.fake_discord import FakeDiscord
 from tests.e2e.fake_models import JSON, FakeGuild, Permission
+from tests.e2e.results import final_message, job_of
 
 EPHEMERAL = 64
 
@@ -31,11 +32,8 @@ async def posted_image(server: FakeDiscord, guild: FakeGuild, user: Any) -> tupl
     """/imagine one image, press U1: the job id and the message holding the image alone."""
     record = await server.slash(guild.id, general(guild), user, "imagine",
                                 {"prompt": "a red circle on a blue background", "count": 1, "seed": 5})  # fmt: skip
-    path = server.webhook_path(record) + "/messages/@original"
-    await server.wait_for(lambda c: c.method == "PATCH" and c.path == path and bool(c.files), timeout=60)
-    grid = server.original_message(record)
-    assert grid is not None
-    job_id = grid["components"][0]["components"][0]["custom_id"].split(":")[2]
+    grid = await final_message(server, record)
+    job_id = job_of(grid)
     click = await server.click(guild.id, general(guild), user, grid, f"ib:u:{job_id}:0")
     await server.wait_for_response(click)
     single = server.original_message(click)
