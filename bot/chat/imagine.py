@@ -485,28 +485,26 @@ def _channel_ids(interaction: discord.Interaction[Any]) -> tuple[int, ...]:
     return tuple(c for c in (interaction.channel_id, parent) if isinstance(c, int))
 
 
-def _age_restricted(interaction: discord.Interaction[Any], config: GuildConfig | None = None) -> bool:
+def _age_restricted(interaction: discord.Interaction[Any], config: GuildConfig) -> bool:
     """Whether suggestive (never explicit) content may pass here: Discord's own age-restricted ("NSFW")
     channel flag, unless this server's NSFW policy makes the channel (or a thread's parent) strict.
-
-    Without ``config`` only Discord's flag is read; the service applies the channel's policy again.
     """
     channel = interaction.channel
     flagged = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
-    if config is None or not flagged:
-        return flagged
+    if not flagged:
+        return False
     return all(config.allows_suggestive(c, flagged) for c in _channel_ids(interaction))
 
 
-def _may_moderate(interaction: discord.Interaction[Any], job: Job, config: GuildConfig | None = None) -> bool:
+def _may_moderate(interaction: discord.Interaction[Any], job: Job, config: GuildConfig) -> bool:
     """The requester, a member who can manage messages, or one with the server's moderator role (/settings)
     may cancel or delete a job."""
     return str(interaction.user.id) == job.request.user_id or may_moderate_here(interaction, config)
 
 
-def may_moderate_here(interaction: discord.Interaction[Any], config: GuildConfig | None = None) -> bool:
+def may_moderate_here(interaction: discord.Interaction[Any], config: GuildConfig) -> bool:
     """A member with Manage Messages (or Administrator), or with the server's moderator role."""
-    if config is not None and config.is_moderator(role.id for role in getattr(interaction.user, "roles", ())):
+    if config.is_moderator(role.id for role in getattr(interaction.user, "roles", ())):
         return True
     permissions = getattr(interaction, "permissions", None)
     return bool(permissions and (permissions.manage_messages or permissions.administrator))
