@@ -13,10 +13,19 @@ Tree::
         ├── CooldownError       the user asked again within the server's cooldown
         ├── InvalidSettingError a /settings value is out of bounds (names the setting and the bound)
         ├── PromptBlockedError  the prompt filter refused the prompt
-        └── InvalidRequestError an option of a request is out of range
+        ├── InvalidRequestError an option of a request is out of range
+        ├── BannedError         the member is banned from the bot in this server
+        ├── ReviewNotFoundError no review of that job (in this server)
+        ├── AlreadyDecidedError another moderator decided the review first
+        └── NotAllowedError     the member may not do this (not a moderator, not theirs to appeal)
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.records import BanRecord, ReviewRecord
 
 
 class BotError(Exception):
@@ -91,6 +100,36 @@ class InvalidRequestError(UserFacingError, ValueError):
 class PromptBlockedError(UserFacingError):
     """The prompt filter blocked a request; the message names the category in plain words."""
 
-    def __init__(self, message: str, category: str | None) -> None:
+    def __init__(self, message: str, category: str | None, job_id: str | None = None) -> None:
         super().__init__(message)
         self.category = category
+        self.job_id = job_id  # the blocked request, kept so its requester may appeal
+
+
+class BannedError(UserFacingError):
+    """The member is banned from using the bot in this server (the message says until when)."""
+
+    def __init__(self, ban: BanRecord) -> None:
+        until = "until a moderator lifts it" if ban.until is None else f"until <t:{int(ban.until)}:f>"
+        super().__init__(f"You are banned from using this bot in this server, {until}.")
+        self.ban = ban
+
+
+class ReviewNotFoundError(UserFacingError):
+    """No review of that job, or not in this server."""
+
+
+class AlreadyDecidedError(UserFacingError):
+    """Someone decided (or opened) this review first; ``review`` is how it stands."""
+
+    def __init__(self, review: ReviewRecord) -> None:
+        if review.pending:
+            message = "A review of this job is already waiting for a moderator."
+        else:
+            message = f"Already decided: {review.decision} by <@{review.decided_by}>."
+        super().__init__(message)
+        self.review = review
+
+
+class NotAllowedError(UserFacingError):
+    """The member may not do this; the message says who may."""

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from bot.config import Settings
 from bot.errors import InvalidSettingError
 from bot.storage import JSONLike, JSONValue, Storage
+from safety.prompt_filter import PromptCategory, PromptRules
 from safety.verdict import STRICTNESS
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,13 @@ logger = logging.getLogger(__name__)
 MAX_COOLDOWN = 24 * 3600  # a day between requests is the slowest pace anyone has asked for
 MAX_CHANNELS = 25  # allowed channels, and channels with their own NSFW policy: `/settings show` fits one message
 VARIATION_MODES = ("subtle", "strong")
+MAX_BLOCKLIST = 200  # terms per server: each /imagine checks them all
+MAX_TERM_CHARS = 60
+MAX_STRIKES = 20
+MAX_STRIKE_WINDOW_HOURS = 365 * 24
+MAX_BAN_HOURS = 365 * 24
+# Categories a server may add its own terms to (protected people are added with /mod protect).
+BLOCKLIST_CATEGORIES = tuple(c.value for c in PromptCategory if c is not PromptCategory.PROTECTED_PERSON)
 SETTING_CHANGED = "setting_changed"  # the audit action of every change
 
 
@@ -69,6 +77,10 @@ class GuildConfig:
         variation_mode: ``"subtle"`` or ``"strong"`` (how far V1-V4 stray from the image).
         credentials_personal: put the prompt in the images' Content Credentials (C2PA); off by
             default, so a manifest carries no personal data.
+        strike_limit: strikes within ``strike_window_hours`` that ban a member from the bot; 0 = never.
+        strike_window_hours: how far back strikes count.
+        strike_ban_hours: how long that ban lasts (a cooldown from the bot); 0 = until a moderator lifts it.
+        blocklist: this server's own prompt terms, by prompt category (added to the filter's lists).
     """
 
     per_user_cap: int
@@ -83,9 +95,19 @@ class GuildConfig:
     moderator_role: int | None = None
     variation_mode: str = "strong"
     credentials_personal: bool = False
+    strike_limit: int = 3
+    strike_window_hours: int = 30 * 24
+    strike_ban_hours: int = 7 * 24
+    blocklist: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nsfw_policies", _frozen_policies(self.nsfw_policies))
+        object.__setattr__(self, "blocklist", MappingProxyType({c: tuple(t) for c, t in self.blocklist.items() if t}))
+
+    @property
+    def prompt_additions(self) -> dict[PromptCategory, tuple[str, ...]]:
+        """The blocklist as the prompt filter takes it."""
+        return {PromptCategory(c): terms for c, terms in self.blocklist.items()}
 
     @classmethod
     def defaults(cls, settings: Settings) -> GuildConfig:
@@ -157,6 +179,14 @@ def _as_policies(value: JSONValue) -> dict[int, NsfwPolicy]:
     return {int(channel): NsfwPolicy(_as_str(policy)) for channel, policy in value.items()}
 
 
+def _as_blocklist(value: JSONValue) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{value!r} is not an object")
+    lists = {_as_str(c): tuple(_as_str(t) for t in _as_list(terms)) for c, terms in value.items()}
+    PromptRules(additions={PromptCategory(c): t for c, t in lists.items()})  # validates (ValueError)
+    return lists
+
+
 def _id_text(value: int | None) -> str | None:
     return None if value is None else str(value)  # snowflakes as text: JSON readers may use doubles
 
@@ -175,6 +205,10 @@ _CODECS: dict[str, _Codec] = {
     "strictness": (lambda c: c.strictness, _as_str),
     "variation_mode": (lambda c: c.variation_mode, _as_str),
     "credentials_personal": (lambda c: c.credentials_personal, _as_bool),
+    "strike_limit": (lambda c: c.strike_limit, _as_int),
+    "strike_window_hours": (lambda c: c.strike_window_hours, _as_int),
+    "strike_ban_hours": (lambda c: c.strike_ban_hours, _as_int),
+    "blocklist": (lambda c: {k: sorted(v) for k, v in sorted(c.blocklist.items())}, _as_blocklist),
 }  # fmt: skip
 
 
@@ -202,6 +236,9 @@ def _from_rows(rows: Mapping[str, JSONValue], settings: Settings) -> GuildConfig
         default_model=default,
         strictness=config.strictness if config.strictness in STRICTNESS else base.strictness,
         variation_mode=config.variation_mode if config.variation_mode in VARIATION_MODES else base.variation_mode,
+        strike_limit=max(0, min(config.strike_limit, MAX_STRIKES)),
+        strike_window_hours=max(1, min(config.strike_window_hours, MAX_STRIKE_WINDOW_HOURS)),
+        strike_ban_hours=max(0, min(config.strike_ban_hours, MAX_BAN_HOURS)),
     )
 
 
@@ -392,6 +429,71 @@ class GuildConfigStore:
     async def set_credentials_personal(self, guild_id: str, enabled: bool, *, actor_id: str) -> GuildConfig:
         """Whether this server's images carry their prompt in their Content Credentials (C2PA)."""
         return await self._change(guild_id, actor_id, lambda c: replace(c, credentials_personal=enabled))
+
+    async def set_strikes(
+        self,
+        guild_id: str,
+        *,
+        actor_id: str,
+        limit: int | None = None,
+        window_hours: int | None = None,
+        ban_hours: int | None = None,
+    ) -> GuildConfig:
+        """How many strikes within how many hours ban a member, and for how long (0 = until lifted)."""
+        if limit is not None and not 0 <= limit <= MAX_STRIKES:
+            raise InvalidSettingError(f"The strike limit must be 0 (never ban) to {MAX_STRIKES}.")
+        if window_hours is not None and not 1 <= window_hours <= MAX_STRIKE_WINDOW_HOURS:
+            raise InvalidSettingError(f"The strike window must be 1 to {MAX_STRIKE_WINDOW_HOURS} hours (a year).")
+        if ban_hours is not None and not 0 <= ban_hours <= MAX_BAN_HOURS:
+            raise InvalidSettingError(f"The ban must last 0 (until lifted) to {MAX_BAN_HOURS} hours (a year).")
+
+        def change(c: GuildConfig) -> GuildConfig:
+            return replace(
+                c,
+                strike_limit=c.strike_limit if limit is None else limit,
+                strike_window_hours=c.strike_window_hours if window_hours is None else window_hours,
+                strike_ban_hours=c.strike_ban_hours if ban_hours is None else ban_hours,
+            )
+
+        return await self._change(guild_id, actor_id, change)
+
+    async def add_blocked_term(self, guild_id: str, term: str, category: str, *, actor_id: str) -> GuildConfig:
+        """Add a prompt term this server blocks (or flags) like the filter's own terms of ``category``."""
+        term = " ".join(term.split())
+        if category not in BLOCKLIST_CATEGORIES:
+            raise InvalidSettingError(f"The category must be one of {', '.join(BLOCKLIST_CATEGORIES)}.")
+        if not term or len(term) > MAX_TERM_CHARS:
+            raise InvalidSettingError(f"A term must be 1 to {MAX_TERM_CHARS} characters.")
+        try:
+            PromptRules(additions={PromptCategory(category): (term,)})
+        except ValueError as exc:
+            raise InvalidSettingError(f"That term cannot be used: {exc}.") from None
+
+        def change(c: GuildConfig) -> GuildConfig:
+            if sum(len(t) for t in c.blocklist.values()) >= MAX_BLOCKLIST:
+                raise InvalidSettingError(f"This server already lists {MAX_BLOCKLIST} terms; remove one first.")
+            terms = c.blocklist.get(category, ())
+            if term.casefold() in (t.casefold() for t in terms):
+                return c
+            return replace(c, blocklist={**c.blocklist, category: (*terms, term)})
+
+        return await self._change(guild_id, actor_id, change)
+
+    async def remove_blocked_term(self, guild_id: str, term: str, *, actor_id: str) -> GuildConfig:
+        """Take a term off this server's blocklist (whatever its category).
+
+        Raises:
+            InvalidSettingError: the term is not listed.
+        """
+        wanted = " ".join(term.split()).casefold()
+
+        def change(c: GuildConfig) -> GuildConfig:
+            lists = {k: tuple(t for t in v if t.casefold() != wanted) for k, v in c.blocklist.items()}
+            if lists == dict(c.blocklist):
+                raise InvalidSettingError(f"`{term[:MAX_TERM_CHARS]}` is not on this server's blocklist.")
+            return replace(c, blocklist=lists)
+
+        return await self._change(guild_id, actor_id, change)
 
     def _check_available(self, model: str) -> None:
         available = self.settings.available_models

@@ -135,6 +135,7 @@ class JobRequest:
     source_job_id: str | None = None  # VARY / UPSCALE: the image they start from...
     source_index: int | None = None  # ...is this output of that job
     strength: float | None = None  # VARY / UPSCALE: image-to-image strength
+    appeal_of: str | None = None  # the rerun of this blocked job, whose appeal a moderator accepted
 
     @classmethod
     def create(
@@ -158,6 +159,7 @@ class JobRequest:
         source_job_id: str | None = None,
         source_index: int | None = None,
         strength: float | None = None,
+        appeal_of: str | None = None,
     ) -> JobRequest:
         """Validate every option; raise :class:`InvalidRequestError` naming the bad one."""
         prompt = prompt.strip()
@@ -202,11 +204,13 @@ class JobRequest:
             source_job_id=source_job_id,
             source_index=source_index,
             strength=strength,
+            appeal_of=appeal_of,
         )
 
     def rerolled(self, by: Requester, *, parent_job_id: str) -> JobRequest:
         """The same request with a new random seed, asked for by ``by``."""
-        return JobRequest.create(**(asdict(self) | asdict(by) | {"seed": None, "parent_job_id": parent_job_id}))
+        return JobRequest.create(**(asdict(self) | asdict(by) | {"seed": None, "parent_job_id": parent_job_id,
+                                                                       "appeal_of": None}))  # fmt: skip
 
     @property
     def effective_steps(self) -> int:
@@ -270,6 +274,7 @@ class Job:
             allow_suggestive=r.age_restricted,
             init_image=init_image,
             strength=r.strength,
+            appealed=r.appeal_of is not None,
         )
 
 

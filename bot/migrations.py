@@ -148,7 +148,55 @@ CREATE INDEX outputs_payload ON outputs (payload_id) WHERE payload_id IS NOT NUL
 CREATE INDEX jobs_grid_sha256 ON jobs (grid_sha256) WHERE grid_sha256 IS NOT NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# v7: moderation. A review per flagged job or appeal (the first decision wins: it only moves a
+# ``pending`` row), members' strikes and bans from the bot per server, and the rerun of an approved
+# appeal remembers the job it appeals (its non-hard blocks become flags: a moderator still sees it).
+# A decision is delivered (posted, the requester told, the card updated) by the bot process, whichever
+# process decided it; ``delivered_at`` is that outbox's mark.
+# Reviews, strikes and bans have no foreign key to jobs: they outlive a member's /privacy delete,
+# with the member's id replaced by a pseudonym.
+_V7 = """
+ALTER TABLE jobs ADD COLUMN appeal_of TEXT;
+CREATE TABLE reviews (
+    job_id          TEXT PRIMARY KEY NOT NULL,
+    guild_id        TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('flag', 'appeal')),
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'rejected')),
+    category        TEXT,
+    requested_at    REAL NOT NULL,
+    decided_by      TEXT,
+    decided_at      REAL,
+    decision        TEXT,
+    card_channel_id TEXT,
+    card_message_id TEXT,
+    delivered_at    REAL
+) STRICT;
+CREATE INDEX reviews_guild_state ON reviews (guild_id, state, requested_at);
+-- Decided reviews whose outcome the bot has not yet posted (a decision in the dashboard, or a crash).
+CREATE INDEX reviews_undelivered ON reviews (decided_at) WHERE state != 'pending' AND delivered_at IS NULL;
+CREATE TABLE strikes (
+    id           INTEGER PRIMARY KEY,
+    guild_id     TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    job_id       TEXT,
+    moderator_id TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    at           REAL NOT NULL
+) STRICT;
+CREATE INDEX strikes_user ON strikes (guild_id, user_id, at);
+CREATE TABLE bans (
+    guild_id     TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    until        REAL,
+    moderator_id TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    at           REAL NOT NULL,
+    PRIMARY KEY (guild_id, user_id)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 """Migration scripts in order; the schema version of a fully migrated database is ``len(MIGRATIONS)``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

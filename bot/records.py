@@ -90,3 +90,64 @@ class AuditRecord:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", _frozen(self.detail))
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """A flagged job or an appeal waiting for (or decided by) a moderator.
+
+    Attributes:
+        kind: ``"flag"`` (the safety layer held the job) or ``"appeal"`` (the requester asked for a
+            review of a block).
+        state: ``"pending"``, ``"approved"`` or ``"rejected"``.
+        category: the category that held or blocked the job, if any.
+        decision: the action taken (``approve``, ``reject``, ``strike``, ``ban``), once decided.
+        card_channel_id, card_message_id: the card in the review channel, once posted.
+        delivered_at: when the bot posted the decision's outcome (None: not yet).
+    """
+
+    job_id: str
+    guild_id: str
+    user_id: str
+    kind: str
+    state: str
+    category: str | None
+    requested_at: float
+    decided_by: str | None = None
+    decided_at: float | None = None
+    decision: str | None = None
+    card_channel_id: str | None = None
+    card_message_id: str | None = None
+    delivered_at: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "pending"
+
+
+@dataclass(frozen=True)
+class StrikeRecord:
+    """One strike against a member in a server, with the moderator and the job behind it."""
+
+    id: int
+    guild_id: str
+    user_id: str
+    job_id: str | None
+    moderator_id: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class BanRecord:
+    """A member banned from the bot in a server; ``until`` None means until a moderator lifts it."""
+
+    guild_id: str
+    user_id: str
+    until: float | None
+    moderator_id: str
+    reason: str
+    at: float
+
+    def active(self, now: float) -> bool:
+        return self.until is None or self.until > now

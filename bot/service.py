@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -22,7 +22,14 @@ from PIL import Image
 
 from bot import __version__
 from bot.config import Settings
-from bot.errors import CooldownError, IllegalTransitionError, InvalidRequestError, PromptBlockedError, QueueFullError
+from bot.errors import (
+    BannedError,
+    CooldownError,
+    IllegalTransitionError,
+    InvalidRequestError,
+    PromptBlockedError,
+    QueueFullError,
+)
 from bot.guild_config import GuildConfig, GuildConfigStore
 from bot.jobs import ACTIVE_STATES, SOURCE_MISSING, SOURCE_UNREADABLE, Job, JobRequest, JobState
 from bot.outputs import ImageStore, StoredImage, encode_png, make_grid, make_preview
@@ -35,6 +42,7 @@ from models.worker import JobOutcome, OutcomeKind, Worker
 from safety.credentials import CredentialFields
 from safety.fingerprint import perceptual_hash
 from safety.policy import CheckContext
+from safety.prompt_filter import PromptCategory
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,14 @@ class QueuePlace:
     user_id: str
     position: int
     eta: float | None
+
+
+class RulesSink(Protocol):
+    """Takes each server's own prompt terms for the prompt filter (``safety.suite.GuildRules`` is one)."""
+
+    def set(
+        self, guild_id: str | None, *, additions: Mapping[PromptCategory, tuple[str, ...]], exceptions: Sequence[str]
+    ) -> None: ...
 
 
 class PromptGate(Protocol):
@@ -113,6 +129,9 @@ def final_state(decisions: Sequence[str]) -> JobState:
     return JobState.BLOCKED
 
 
+_COOLDOWN_STATES = frozenset(JobState) - {JobState.BLOCKED}
+
+
 def to_queued(job: Job) -> QueuedJob:
     r = job.request
     key = (r.model, r.width, r.height, r.steps, r.guidance, r.strength)
@@ -134,6 +153,9 @@ class ImagineService:
             None when no watermark is applied.
         min_side: the smallest image side the marks can be applied to; smaller requests are refused
             up front rather than generated and then blocked for want of a watermark.
+        rules: where each server's blocklist goes (the prompt filter's per-guild rules); pushed
+            whenever a server's config is loaded, so a change reaches the filter within the cache time.
+        pseudonym: a member id's keyed pseudonym, under which bans outlive /privacy delete.
     """
 
     def __init__(
@@ -148,7 +170,12 @@ class ImagineService:
         credentials: CredentialSigner | None = None,
         payload_of: Callable[[str], int] | None = None,
         min_side: int = 0,
+        rules: RulesSink | None = None,
+        pseudonym: Callable[[str], str] | None = None,
     ) -> None:
+        self._rules = rules
+        self._pushed_rules: dict[str, Mapping[str, tuple[str, ...]]] = {}
+        self._pseudonym = pseudonym
         self._prompt_gate = prompt_gate
         self._credentials = credentials
         self._payload_of = payload_of
@@ -227,6 +254,8 @@ class ImagineService:
         self._check_size(request)
         config = await self.guild_config(request.guild_id)
         request = _with_channel_policy(request, config)
+        if enforce_caps:
+            await self.check_not_banned(request.guild_id, request.user_id)
         if not prechecked:
             await self._check_prompt(request, config)
         async with self._submit_lock:  # check + insert + schedule as one step: caps cannot be raced
@@ -243,15 +272,25 @@ class ImagineService:
         """Run the prompt filter and the caps without queueing anything (front ends answer privately).
 
         Raises:
-            PromptBlockedError: the prompt is blocked.
+            PromptBlockedError: the prompt is blocked (its ``job_id`` is the blocked request, kept for an appeal).
+            BannedError: the member is banned from the bot in this server.
             QueueFullError: a cap is reached.
             CooldownError: the server's cooldown has not passed since the user's last job there.
         """
         self._check_size(request)
         config = await self.guild_config(request.guild_id)
+        if enforce_caps:
+            await self.check_not_banned(request.guild_id, request.user_id)
         await self._check_prompt(_with_channel_policy(request, config), config)
         if enforce_caps:
             await self._check_caps(request, config)
+
+    async def check_not_banned(self, guild_id: str, user_id: str) -> None:
+        """Raise :class:`BannedError` if the member is banned from the bot in this server."""
+        ids = (user_id,) if self._pseudonym is None else (user_id, self._pseudonym(user_id))
+        ban = await self.storage.active_ban(guild_id, ids)
+        if ban is not None:
+            raise BannedError(ban)
 
     def _check_size(self, request: JobRequest) -> None:
         if min(request.width, request.height) < self._min_side:
@@ -280,11 +319,22 @@ class ImagineService:
                                 request.width, request.height)  # fmt: skip
         verdict = self._prompt_gate.check_prompt(context)  # microseconds: fine on the loop
         if verdict.decision == "block":
+            job = await self._record_blocked(request, verdict)
             await self.storage.audit(
-                "prompt_blocked", guild_id=request.guild_id, actor_id=request.user_id,
+                "prompt_blocked", guild_id=request.guild_id, actor_id=request.user_id, target=job.id,
                 detail={"category": verdict.category, "scores": dict(verdict.scores)},
             )  # fmt: skip
-            raise PromptBlockedError(verdict.reason, verdict.category)
+            raise PromptBlockedError(verdict.reason, verdict.category, job.id)
+
+    async def _record_blocked(self, request: JobRequest, verdict: Verdict) -> Job:
+        """Keep a refused request as a ``blocked`` job with its verdicts: moderators see it, and its
+        requester may appeal it. Nothing runs and nothing is queued."""
+        job = replace(Job.new(request), state=JobState.BLOCKED)
+        job = replace(job, finished_at=job.created_at)
+        await self.storage.insert_job(job)
+        records = [VerdictRecord.from_verdict(job.id, i, verdict) for i in range(request.count)]
+        await self.storage.save_outputs(job.id, [], records, None)
+        return job
 
     async def _check_caps(self, request: JobRequest, config: GuildConfig) -> None:
         """The operator's per-user cap (all servers), then this server's caps and cooldown."""
@@ -306,7 +356,9 @@ class ImagineService:
         if self._scheduler.queued_for_guild(request.guild_id) >= config.queue_cap:
             raise QueueFullError(f"This server's queue is full ({config.queue_cap} jobs). Try again in a few minutes.")
         if config.cooldown_seconds:
-            last = await self.storage.list_jobs(limit=1, guild_id=request.guild_id, user_id=request.user_id)
+            # A blocked request does not start the cooldown: rephrasing at once is what we want.
+            last = await self.storage.list_jobs(limit=1, guild_id=request.guild_id, user_id=request.user_id,
+                                                states=_COOLDOWN_STATES)  # fmt: skip
             wait = math.ceil(last[0].created_at + config.cooldown_seconds - time.time()) if last else 0
             if wait > 0:
                 raise CooldownError(
@@ -418,8 +470,12 @@ class ImagineService:
         self._meter.record(sum(job.request.cost for job in jobs), time.monotonic() - started)
 
     async def guild_config(self, guild_id: str) -> GuildConfig:
-        """A server's /settings over the operator's defaults and limits."""
-        return await self.guild_configs.load(guild_id)
+        """A server's /settings over the operator's defaults and limits (its blocklist goes to the filter)."""
+        config = await self.guild_configs.load(guild_id)
+        if self._rules is not None and self._pushed_rules.get(guild_id) != config.blocklist:
+            self._rules.set(guild_id, additions=config.prompt_additions, exceptions=())
+            self._pushed_rules[guild_id] = config.blocklist
+        return config
 
     async def _strictness(self, guild_id: str) -> str:
         return (await self.guild_config(guild_id)).strictness
@@ -506,6 +562,10 @@ class ImagineService:
         return await self.storage.transition(job.id, state)
 
     # --- notifications ---
+
+    def notify(self, job: Job) -> None:
+        """Tell listeners and waiters about a change made outside the dispatcher (a moderator's decision)."""
+        self._finished(job)
 
     def _finished(self, job: Job) -> None:
         self._emit(JobUpdate(job.id, job.state))

@@ -29,6 +29,7 @@ import aiosqlite
 from bot.errors import JobNotFoundError, StorageError
 from bot.jobs import Job, JobKind, JobRequest, JobState
 from bot.migrations import MIGRATIONS, SCHEMA_VERSION, statements
+from bot.moderation_store import ModerationTables
 from bot.records import AuditRecord, JobEvent, OutputRecord, VerdictRecord
 from safety.fingerprint import to_signed, to_unsigned
 
@@ -80,6 +81,7 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         source_job_id=row["source_job_id"],
         source_index=row["source_index"],
         strength=row["strength"],
+        appeal_of=row["appeal_of"],
     )
     return Job(
         id=row["id"],
@@ -105,7 +107,7 @@ def _check_limit(limit: int) -> None:
         raise ValueError(f"limit must be at least 1, got {limit}")
 
 
-class Storage:
+class Storage(ModerationTables):
     """The bot's SQLite database. Build it with :meth:`open`; close it with :meth:`aclose`.
 
     Every transaction, and every read, holds one ``asyncio.Lock``: aiosqlite runs one statement at a
@@ -246,14 +248,14 @@ class Storage:
                     "INSERT INTO jobs (id, guild_id, channel_id, user_id, prompt, negative_prompt, seed, steps,"
                     " width, height, count, guidance, model, parent_job_id, state, error, grid_path,"
                     " created_at, updated_at, started_at, finished_at, age_restricted, kind, source_job_id,"
-                    " source_index, strength)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " source_index, strength, appeal_of)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.id, r.guild_id, r.channel_id, r.user_id, r.prompt, r.negative_prompt, r.seed,
                         r.steps, r.width, r.height, r.count, r.guidance, r.model, r.parent_job_id,
                         job.state.value, job.error, job.grid_path,
                         job.created_at, job.updated_at, job.started_at, job.finished_at, int(r.age_restricted),
-                        r.kind.value, r.source_job_id, r.source_index, r.strength,
+                        r.kind.value, r.source_job_id, r.source_index, r.strength, r.appeal_of,
                     ),
                 )  # fmt: skip
                 await db.execute(
@@ -338,19 +340,35 @@ class Storage:
         """
         when = time.time() if at is None else at
         async with self._transaction() as db:
-            async with db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
-                raise JobNotFoundError(f"no job {job_id!r}")
-            current = _job_from_row(row)
-            moved = current.moved_to(target, at=when, error=error)
+            return await self._transition_in(db, job_id, target, error=error, detail=detail, at=when)
+
+    async def _transition_in(
+        self, db: aiosqlite.Connection, job_id: str, target: JobState, *, error: str | None, detail: str | None,
+        at: float,
+    ) -> Job:  # fmt: skip
+        """:meth:`transition` inside an open transaction. A job that becomes ``flagged`` gets its pending
+        review in the same transaction: a held job is always in the moderators' queue."""
+        async with db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        current = _job_from_row(row)
+        moved = current.moved_to(target, at=at, error=error)
+        await db.execute(
+            "UPDATE jobs SET state = ?, error = ?, updated_at = ?, started_at = ?, finished_at = ? WHERE id = ?",
+            (moved.state.value, moved.error, moved.updated_at, moved.started_at, moved.finished_at, job_id),
+        )
+        await db.execute(
+            "INSERT INTO job_events (job_id, from_state, to_state, at, detail) VALUES (?, ?, ?, ?, ?)",
+            (job_id, current.state.value, moved.state.value, at, detail),
+        )
+        if target is JobState.FLAGGED:
             await db.execute(
-                "UPDATE jobs SET state = ?, error = ?, updated_at = ?, started_at = ?, finished_at = ? WHERE id = ?",
-                (moved.state.value, moved.error, moved.updated_at, moved.started_at, moved.finished_at, job_id),
-            )
-            await db.execute(
-                "INSERT INTO job_events (job_id, from_state, to_state, at, detail) VALUES (?, ?, ?, ?, ?)",
-                (job_id, current.state.value, moved.state.value, when, detail),
+                "INSERT INTO reviews (job_id, guild_id, user_id, kind, state, category, requested_at)"
+                " VALUES (?, ?, ?, 'flag', 'pending',"
+                " (SELECT category FROM verdicts WHERE job_id = ? AND decision = 'flag' ORDER BY idx LIMIT 1), ?)"
+                " ON CONFLICT (job_id) DO NOTHING",
+                (job_id, moved.request.guild_id, moved.request.user_id, job_id, at),
             )
         return moved
 
@@ -606,14 +624,19 @@ class Storage:
         )
         return [(row["job_id"], int(row["idx"]), int(row["n"])) for row in rows]
 
-    async def audit_entries(self, *, guild_id: str | None = None, limit: int = 100) -> list[AuditRecord]:
-        """Audit entries, newest first; only one guild's if ``guild_id`` is given."""
+    async def audit_entries(
+        self, *, guild_id: str | None = None, limit: int = 100, since: float | None = None
+    ) -> list[AuditRecord]:
+        """Audit entries, newest first; only one guild's if ``guild_id`` is given, only those at or after
+        ``since`` if it is."""
         _check_limit(limit)
         columns = "SELECT id, at, action, guild_id, actor_id, target, detail FROM audit_log"
-        if guild_id is None:
-            rows = await self._fetchall(f"{columns} ORDER BY id DESC LIMIT ?", (limit,))
-        else:
-            rows = await self._fetchall(f"{columns} WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit))
+        # Constant fragments only; every value is bound.
+        where = " AND ".join(c for c, on in (("guild_id = ?", guild_id is not None), ("at >= ?", since is not None))
+                             if on)  # fmt: skip
+        params = [v for v in (guild_id, since) if v is not None]
+        rows = await self._fetchall(f"{columns} {'WHERE ' + where if where else ''} ORDER BY id DESC LIMIT ?",
+                                    (*params, limit))  # fmt: skip
         return [
             AuditRecord(
                 id=row["id"],

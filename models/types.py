@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -54,6 +54,7 @@ class GenerationRequest:
     allow_suggestive: bool = False
     init_image: Image.Image | None = field(default=None, compare=False, repr=False)
     strength: float | None = None
+    appealed: bool = False  # the rerun of an appeal a moderator accepted: appealable blocks become flags
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -154,3 +155,16 @@ class Watermarker(Protocol):
     """Marks an image that will be stored or posted with its output id."""
 
     def mark(self, image: Image.Image, output_id: str) -> Image.Image: ...
+
+
+@runtime_checkable
+class BatchWatermarker(Watermarker, Protocol):
+    """A watermarker that marks all images of a request in one call (batched on a GPU, say).
+
+    The worker uses :meth:`mark_many` when a watermarker has it, else :meth:`Watermarker.mark`
+    image by image.
+    """
+
+    def mark_many(self, images: Sequence[Image.Image], output_ids: Sequence[str]) -> Sequence[Image.Image | Exception]:
+        """One result per image, in order: the marked image, or the exception that blocks it."""
+        ...

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from safety.verdict import Verdict, combine
+from safety.verdict import Verdict, combine, for_appeal
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ class CheckContext(Protocol):
 
     @property
     def height(self) -> int: ...
+
+
+class AppealContext(Protocol):
+    """A context that may be the rerun of an appeal a moderator accepted."""
+
+    @property
+    def appealed(self) -> bool: ...
 
 
 class ImageStage(Protocol):
@@ -86,8 +93,15 @@ class Policy:
         return self._unavailable
 
     def check(self, images: Sequence[Image.Image], context: CheckContext) -> list[Verdict]:
-        """Judge every image; never raises for a stage's failure."""
-        return [combine(by_stage.values()) for by_stage in self.judge(images, context)]
+        """Judge every image; never raises for a stage's failure.
+
+        On the rerun of an accepted appeal (a context whose ``appealed`` is true), an appealable block
+        becomes a flag: the image goes to moderators, who have already agreed to look at it.
+        """
+        verdicts = [combine(by_stage.values()) for by_stage in self.judge(images, context)]
+        if getattr(context, "appealed", False):
+            return [for_appeal(v) for v in verdicts]
+        return verdicts
 
     def judge(self, images: Sequence[Image.Image], context: CheckContext) -> list[dict[str, Verdict]]:
         """Every stage's verdict on every image, by stage name (what :meth:`check` combines)."""

@@ -37,6 +37,26 @@ def check_strictness(strictness: str) -> str:
 
 UNAVAILABLE_REASON = "safety check unavailable"
 
+# Categories no appeal can reopen: sexual content with minors, protected people (named or matched
+# by face), a check that could not run, and a malformed image. Their blocks stay blocks.
+HARD_CATEGORIES = frozenset(
+    {"minors", "protected_person", "protected_identity", "protected_name", "unavailable", "malformed"}
+)
+
+
+def appealable(category: str | None) -> bool:
+    """Whether a block in ``category`` may be sent to moderators for review."""
+    return category not in HARD_CATEGORIES
+
+
+def for_appeal(verdict: Verdict) -> Verdict:
+    """The verdict on the rerun of an appeal a moderator accepted: an appealable block becomes a flag,
+    so the image is kept for moderators to look at (never posted unreviewed); hard blocks stay."""
+    if verdict.decision is not Decision.BLOCK or not appealable(verdict.category):
+        return verdict
+    return Verdict(Decision.FLAG, verdict.stage, f"{verdict.reason} (on appeal)", verdict.category,
+                   verdict.scores, verdict.model_versions)  # fmt: skip
+
 
 def _frozen(mapping: Mapping[str, object] | None) -> Mapping[str, object]:
     return MappingProxyType(dict(mapping or {}))

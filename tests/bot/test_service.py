@@ -234,7 +234,7 @@ async def test_a_broken_listener_does_not_stop_the_service(tmp_path: Path) -> No
         assert job.state is JobState.DONE
 
 
-async def test_a_blocked_prompt_is_refused_before_anything_is_queued(tmp_path: Path) -> None:
+async def test_a_blocked_prompt_is_refused_and_kept_as_a_blocked_job_for_appeal(tmp_path: Path) -> None:
     from bot.errors import PromptBlockedError
     from safety.prompt_filter import PromptFilter
     from safety.suite import GuildRules, PromptStage
@@ -246,9 +246,14 @@ async def test_a_blocked_prompt_is_refused_before_anything_is_queued(tmp_path: P
         with pytest.raises(PromptBlockedError, match="sexual content") as refused:
             await service.submit(bad)
         assert refused.value.category == "sexual"
-        assert await service.storage.list_jobs() == []
+        # Nothing is queued; the refusal is kept as a blocked job with its verdicts, so it may be appealed.
+        [kept] = await service.storage.list_jobs()
+        assert kept.id == refused.value.job_id and kept.state is JobState.BLOCKED and service.queued == 0
+        assert [v.category for v in await service.storage.verdicts_for(kept.id)] == ["sexual"]
+        assert await service.storage.outputs_for(kept.id) == []
         [entry] = await service.storage.audit_entries()
         assert entry.action == "prompt_blocked" and entry.actor_id == "u1" and entry.detail["category"] == "sexual"
+        assert entry.target == kept.id
         good = await service.submit(req())
         assert (await service.wait(good.id)).state is JobState.DONE
 
