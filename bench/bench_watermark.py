@@ -3,6 +3,7 @@
 Usage (the baselines need ``pip install --no-deps invisible-watermark``; see pyproject's dev extra)::
 
     python bench/bench_watermark.py [--quick] [--sizes 512 1024] [--jobs 2] [--riva-images N] [--unmarked N]
+                                    [--device cuda|cpu]
 
 Images per size (full mode): 15 scikit-image photos, each as a centre square and as a zoomed
 off-centre square (30), 8 images from the repo's tiny random-weight model (noise-like; generated
@@ -26,6 +27,11 @@ decode tries at most ``InvisibleWatermark.hypotheses(size)`` (size, shift) hypot
 Threads: every process runs numpy, OpenCV, torch and onnxruntime on one thread; the robustness
 pass spreads images over ``--jobs`` processes, the timing pass (median of embed and of decode
 of the unattacked image, per 512 px image) runs alone in the main process.
+
+Batched (``safety.watermark_torch.TorchWatermark`` on ``--device``, default cuda if available
+else cpu): per-image ms of ``mark_many`` (embed + verify, with the re-marks) for batches of 1, 4
+and 8 images at 512 px, next to ``InvisibleWatermark.mark`` (the NumPy path, one thread) in the
+same run; on CUDA the timings synchronise the device before and after each call.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safety.watermark import TAG_BITS, InvisibleWatermark, payload_id
+from safety.watermark_torch import TorchWatermark
 from tests.attacks import ATTACKS
 
 KEY = b"bench-watermark-key-0123456789ab"
@@ -283,6 +290,42 @@ def timing(images: list[tuple[str, Image.Image]], methods: Sequence[str]) -> dic
     return times
 
 
+def batched_timing(images: list[tuple[str, Image.Image]], device: str, repeats: int) -> None:
+    """Per-image ms of embed + verify: TorchWatermark.mark_many in batches vs InvisibleWatermark.mark."""
+    _single_thread()
+    pool = [image for _, image in images]
+    numpy_wm, torch_wm = InvisibleWatermark(KEY), TorchWatermark(KEY, device=device)
+
+    def sync() -> None:
+        if torch_wm.device.type == "cuda":
+            torch.cuda.synchronize(torch_wm.device)
+
+    numpy_wm.mark(pool[0], "warm-up")
+    per_image = []
+    for i in range(max(8, repeats)):
+        start = time.perf_counter()
+        numpy_wm.mark(pool[i % len(pool)], f"bench-{i}")
+        per_image.append(time.perf_counter() - start)
+    baseline = 1e3 * statistics.median(per_image)
+    print(f"\n## batched embed + verify, 512x512, TorchWatermark on {torch_wm.device} (median of {repeats})")
+    print(f"{'batch':>6s}{'numpy ms/img':>14s}{'torch ms/img':>14s}{'speed-up':>10s}")
+    for size in (1, 4, 8):
+        batch = [pool[i % len(pool)] for i in range(size)]
+        ids = [f"bench-{i}" for i in range(size)]
+        torch_wm.mark_many(batch, ids)  # warm-up: tables on the device, kernels compiled
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            results = torch_wm.mark_many(batch, ids)
+            sync()
+            times.append(time.perf_counter() - start)
+        failed = sum(not isinstance(r, Image.Image) for r in results)
+        ms = 1e3 * statistics.median(times) / size
+        note = f"  ({failed} not markable)" if failed else ""
+        print(f"{size:>6d}{baseline:>14.1f}{ms:>14.1f}{baseline / ms:>9.2f}x{note}")
+
+
 def _unmarked_sample(seed: int, photos: list[Image.Image], tiny: list[Image.Image]) -> Image.Image:
     rng = np.random.default_rng(seed)
     kind = seed % 5
@@ -359,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--riva-images", type=int, default=None, help="rivaGan images per size (slow)")
     parser.add_argument("--unmarked", type=int, default=None, help="unmarked decodes for specificity")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device of the batched pass"
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or ([512] if args.quick else [512, 1024])
     riva_images = args.riva_images if args.riva_images is not None else (2 if args.quick else 8)
@@ -374,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = robustness(images[size], args.methods, riva_images, args.jobs)
         times = timing(images[size], args.methods) if size == 512 else None
         report(size, len(images[size]), results, times)
+    if 512 in images:
+        batched_timing(images[512], args.device, repeats=3 if args.quick else 10)
     tiny = [im for name, im in images[sizes[0]] if name.startswith("tiny")]
     matches, decodes, bound = specificity(unmarked, args.jobs, tiny)
     print(f"\nspecificity (ours): {matches} false matches in {decodes} unmarked decodes")

@@ -11,15 +11,18 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.jobs import MAX_IMAGES, JobRequest
+from bot.moderation import PSEUDONYM_KEY, Moderation, pseudonym
 from bot.outputs import ImageStore
 from bot.service import ImagineService
 from bot.storage import Storage
 from bot.verify import Verifier
 from models import catalog
+from models.devices import choose_device_and_dtype
 from models.types import Generator
 from models.worker import Worker
 from safety.clip import ClipSpec
@@ -28,6 +31,9 @@ from safety.provenance import MarkChain, MetadataSigner, key_file
 from safety.suite import SafetySuite, build_suite
 from safety.watermark import MIN_SIDE as WATERMARK_MIN_SIDE
 from safety.watermark import InvisibleWatermark, payload_id
+
+if TYPE_CHECKING:
+    from safety.watermark_torch import TorchWatermark
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +94,23 @@ def open_credentials(settings: Settings) -> ContentCredentials:
         raise ConfigError(f"IMAGINEBOT_C2PA_CERT / IMAGINEBOT_C2PA_KEY: {exc}") from None
 
 
-def load_watermark(settings: Settings) -> InvisibleWatermark:
-    """The invisible watermark, keyed by ``keys/watermark.key`` (random, mode 0600, made on first use)."""
-    return InvisibleWatermark(key_file(settings.keys_dir / WATERMARK_KEY))
+def load_watermark(settings: Settings) -> InvisibleWatermark | TorchWatermark:
+    """The invisible watermark, keyed by ``keys/watermark.key`` (random, mode 0600, made on first use).
+
+    Where generation runs on CUDA (``settings.device``, "auto" resolved as the generator resolves
+    it) the watermark is batched on that GPU too (:class:`~safety.watermark_torch.TorchWatermark`,
+    the same marks); elsewhere it is the NumPy/OpenCV one.
+    """
+    key = key_file(settings.keys_dir / WATERMARK_KEY)
+    try:
+        device, _ = choose_device_and_dtype(None if settings.device == "auto" else settings.device, None)
+    except ValueError:  # the generator reports an unusable device when it loads; marking works on the CPU
+        return InvisibleWatermark(key)
+    if device.type != "cuda":
+        return InvisibleWatermark(key)
+    from safety.watermark_torch import TorchWatermark
+
+    return TorchWatermark(key, device=device)
 
 
 def open_verifier(settings: Settings, storage: Storage) -> Verifier:
@@ -118,6 +138,11 @@ def default_quantum(settings: Settings) -> int:
     return request.cost
 
 
+def open_moderation(settings: Settings, service: ImagineService) -> Moderation:
+    """The moderation rules over ``service``, with the pseudonym key of this data directory."""
+    return Moderation(service, pseudonym_key=key_file(settings.keys_dir / PSEUDONYM_KEY))
+
+
 @asynccontextmanager
 async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
     """Open storage, start the worker and the service (resuming unfinished jobs); close all on exit."""
@@ -137,9 +162,11 @@ async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
         async with worker:
             store = ImageStore(settings.images_dir)
             await asyncio.to_thread(store.sweep_temporary)
+            privacy_key = key_file(settings.keys_dir / PSEUDONYM_KEY)
             service = ImagineService(
                 settings, storage, worker, store, quantum=default_quantum(settings), prompt_gate=safety.prompt,
-                credentials=credentials, payload_of=payload_id, min_side=WATERMARK_MIN_SIDE,
+                credentials=credentials, payload_of=payload_id, min_side=WATERMARK_MIN_SIDE, rules=safety.rules,
+                pseudonym=lambda user_id: pseudonym(privacy_key, user_id),
             )  # fmt: skip
             try:
                 await service.start()  # every process with a worker first resumes unfinished jobs

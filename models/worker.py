@@ -26,6 +26,7 @@ from PIL import Image
 
 from models.errors import WorkerClosedError
 from models.types import (
+    BatchWatermarker,
     GeneratedImages,
     GenerationRequest,
     Generator,
@@ -108,7 +109,8 @@ class Worker:
     Args:
         load_generator: builds a generator for a model id; called on the worker thread.
         policy: judges every generated image.
-        watermarker: marks every image that is not blocked.
+        watermarker: marks every image that is not blocked; a ``BatchWatermarker`` gets all of a
+            request's images in one ``mark_many`` call.
     """
 
     def __init__(self, load_generator: GeneratorLoader, policy: SafetyPolicy, watermarker: Watermarker) -> None:
@@ -263,24 +265,58 @@ class Worker:
         t0 = time.perf_counter()
         verdicts = self._judge(request, images)
         t1 = time.perf_counter()
+        oids = [output_id(request.job_id, index) for index in range(len(images))]
+        todo = [index for index, verdict in enumerate(verdicts) if verdict.decision != "block"]
+        marked = dict(zip(todo, self._mark([images[i] for i in todo], [oids[i] for i in todo]), strict=True))
         outcomes = []
-        for index, (image, verdict) in enumerate(zip(images, verdicts, strict=True)):
-            oid = output_id(request.job_id, index)
-            seed = request.seeds[index]
+        for index, verdict in enumerate(verdicts):
+            oid, seed = oids[index], request.seeds[index]
             if verdict.decision == "block":
                 outcomes.append(ImageOutcome(index, seed, oid, None, verdict))
-                continue
-            try:
-                marked = self._watermarker.mark(image, oid)
-            except Exception:  # an unmarked image must never be stored or posted
-                logger.exception("watermarking %s failed; blocking it", oid)
+            elif (image := marked[index]) is None:  # an unmarked image must never be stored or posted
                 outcomes.append(ImageOutcome(index, seed, oid, None, fail_closed("provenance")))
-                continue
-            outcomes.append(ImageOutcome(index, seed, oid, marked, verdict))
+            else:
+                outcomes.append(ImageOutcome(index, seed, oid, image, verdict))
         t2 = time.perf_counter()
         timings["safety"] = timings.get("safety", 0.0) + (t1 - t0)
         timings["mark"] = timings.get("mark", 0.0) + (t2 - t1)
         return tuple(outcomes)
+
+    def _mark(self, images: Sequence[Image.Image], oids: Sequence[str]) -> list[Image.Image | None]:
+        """The marked image per input, or None where marking failed (the caller blocks that image).
+
+        A ``BatchWatermarker`` marks them all in one call; one that raises, or returns the wrong
+        number of results, fails every image of the call.
+        """
+        if not images:
+            return []
+        marker = self._watermarker
+        if not isinstance(marker, BatchWatermarker):
+            return [self._mark_one(image, oid) for image, oid in zip(images, oids, strict=True)]
+        try:
+            results = list(marker.mark_many(images, oids))
+        except Exception:
+            logger.exception("watermarking %s failed; blocking them", ", ".join(oids))
+            return [None] * len(images)
+        if len(results) != len(images):
+            logger.error("watermarker returned %d results for %d images; blocking them", len(results), len(images))
+            return [None] * len(images)
+        marked: list[Image.Image | None] = []
+        for oid, result in zip(oids, results, strict=True):
+            if isinstance(result, Image.Image):
+                marked.append(result)
+            else:
+                error = result if isinstance(result, BaseException) else None
+                logger.error("watermarking %s failed; blocking it", oid, exc_info=error)
+                marked.append(None)
+        return marked
+
+    def _mark_one(self, image: Image.Image, oid: str) -> Image.Image | None:
+        try:
+            return self._watermarker.mark(image, oid)
+        except Exception:
+            logger.exception("watermarking %s failed; blocking it", oid)
+            return None
 
     def _judge(self, request: GenerationRequest, images: Sequence[Image.Image]) -> list[Verdict]:
         try:

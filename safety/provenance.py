@@ -13,8 +13,9 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -44,6 +45,15 @@ class Marker(Protocol):
     def mark(self, image: Image.Image, output_id: str) -> Image.Image: ...
 
 
+@runtime_checkable
+class BatchMarker(Marker, Protocol):
+    """A marker that also marks many images in one call (the worker's ``BatchWatermarker``)."""
+
+    def mark_many(
+        self, images: Sequence[Image.Image], output_ids: Sequence[str]
+    ) -> Sequence[Image.Image | Exception]: ...
+
+
 class MarkChain:
     """Applies marks in order: pixel marks (the invisible watermark) first, then the metadata signature,
     whose HMAC covers the final pixels. Any mark that raises propagates: the worker then blocks the image.
@@ -60,6 +70,46 @@ class MarkChain:
         for marker in self._marks:
             image = marker.mark(image, output_id)
         return image
+
+    def mark_many(self, images: Sequence[Image.Image], output_ids: Sequence[str]) -> list[Image.Image | Exception]:
+        """Mark a batch (the worker's ``BatchWatermarker``): per slot, the marked image or why it failed.
+
+        Each mark gets the images every earlier mark succeeded on: all at once through its
+        ``mark_many`` where it has one (the GPU watermark), else one by one. A failing image keeps
+        its exception and goes no further; a ``mark_many`` that raises propagates (the worker then
+        blocks every image).
+
+        Raises:
+            ValueError: ``images`` and ``output_ids`` differ in length, or a mark returned the wrong
+                number of results.
+        """
+        if len(images) != len(output_ids):
+            raise ValueError(f"{len(images)} images but {len(output_ids)} output ids")
+        results: list[Image.Image | Exception] = list(images)
+        for marker in self._marks:
+            live = [i for i, result in enumerate(results) if isinstance(result, Image.Image)]
+            batch = [image for image in results if isinstance(image, Image.Image)]
+            ids = [output_ids[i] for i in live]
+            if not batch:
+                break
+            marked = marker.mark_many(batch, ids) if isinstance(marker, BatchMarker) else _mark_each(marker, batch, ids)
+            if len(marked) != len(batch):
+                raise ValueError(f"{type(marker).__name__} returned {len(marked)} results for {len(batch)} images")
+            for i, result in zip(live, marked, strict=True):
+                results[i] = result
+        return results
+
+
+def _mark_each(
+    marker: Marker, images: Sequence[Image.Image], output_ids: Sequence[str]
+) -> list[Image.Image | Exception]:
+    results: list[Image.Image | Exception] = []
+    for image, output_id in zip(images, output_ids, strict=True):
+        try:
+            results.append(marker.mark(image, output_id))
+        except Exception as exc:  # kept in the image's slot: the worker blocks that image alone
+            results.append(exc)
+    return results
 
 
 class MetadataSigner:

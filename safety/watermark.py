@@ -27,6 +27,8 @@ hypothesis whose tag verifies wins. A random image passes one hypothesis with pr
 
 Everything is NumPy/OpenCV on the CPU (about 20 ms to embed and 4 ms to decode a 512 px image on
 one core) and deterministic: the same key, image and id give the same pixels.
+:mod:`safety.watermark_torch` runs the same embedding and check batched on a torch device (what a
+worker with a GPU uses); on the CPU its pixels match these to float rounding.
 """
 
 from __future__ import annotations
