@@ -27,8 +27,10 @@ from models.types import Generator
 from models.worker import Worker
 from safety.clip import ClipSpec
 from safety.credentials import ContentCredentials
+from safety.faces import FaceDetector
+from safety.identity import FaceEmbedder
 from safety.provenance import MarkChain, MetadataSigner, key_file
-from safety.suite import SafetySuite, build_suite
+from safety.suite import SafetySuite, build_suite, load_face_detector
 from safety.watermark import MIN_SIDE as WATERMARK_MIN_SIDE
 from safety.watermark import InvisibleWatermark, payload_id
 
@@ -136,6 +138,11 @@ def default_quantum(settings: Settings) -> int:
         count=MAX_IMAGES,
     )  # fmt: skip
     return request.cost
+
+
+def load_face_models(settings: Settings) -> tuple[FaceDetector, FaceEmbedder]:
+    """The face detector and embedder /mod protect add needs (seconds to load; call from a thread)."""
+    return load_face_detector(settings.face_detector), FaceEmbedder.load()
 
 
 def open_moderation(settings: Settings, service: ImagineService) -> Moderation:

@@ -1,4 +1,4 @@
-"""The ``imaginebot`` command line: generate, list jobs, resume after a crash.
+"""The ``imaginebot`` command line: generate, list jobs, resume after a crash, serve the dashboard.
 
 Every command that starts a worker first finishes the jobs a crash left ``queued`` or ``running``.
 Bad arguments exit with status 2 and one line naming the option and the bad value.
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the Discord bot (needs DISCORD_TOKEN)")
     invite = commands.add_parser("invite", help="print the link that adds the bot to a Discord server")
     invite.add_argument("client_id", help="the application id from the Discord developer portal")
+    dashboard = commands.add_parser("dashboard", help="serve the moderators' web dashboard")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    dashboard.add_argument("--base-url", help="the URL moderators reach it at (default http://HOST:PORT)")
+    dashboard.add_argument("--local", action="store_true", help='print an admin login link for guild "local"')
     cli_safety.add_parsers(commands)
     cli_verify.add_parsers(commands)
     return parser
@@ -206,8 +211,28 @@ async def _invite(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn  # the web server: only for this command
+
+    from bot.dashboard import create_app, login_link
+    from bot.dashboard.auth import LOCAL_ADMIN, LOCAL_GUILD
+
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port: {args.port} is outside 1..65535")
+    base_url = args.base_url or f"http://{args.host}:{args.port}"
+    if args.local:
+        try:
+            link = login_link(settings, LOCAL_ADMIN, LOCAL_GUILD, base_url, admin=True)
+        except ValueError as exc:
+            raise UsageError(f"--base-url: {exc}") from None
+        print(f"Open this link within 10 minutes to sign in (it works once):\n{link}", flush=True)
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower())
+    await uvicorn.Server(config).serve()
+    return 0
+
+
 COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume, "run": _run, "invite": _invite,
-            **cli_safety.COMMANDS, **cli_verify.COMMANDS}  # fmt: skip
+            "dashboard": _dashboard, **cli_safety.COMMANDS, **cli_verify.COMMANDS}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,6 @@ from safety.calibration import Sample, evaluate, find_images, suggest
 from safety.faces import FaceDetector
 from safety.identity import FaceEmbedder
 from safety.nsfw import CATEGORIES, MINORS, NsfwStage
-from safety.suite import load_face_detector
 from safety.verdict import STRICTNESS, Verdict, combine
 
 
@@ -229,7 +228,9 @@ def _render_calibration(reports: Sequence[Any], suggestions: Sequence[Any], coun
 
 
 def _face_models(settings: Settings) -> tuple[FaceDetector, FaceEmbedder]:
-    return load_face_detector(settings.face_detector), FaceEmbedder.load()
+    from bot.app import load_face_models
+
+    return load_face_models(settings)
 
 
 async def protect(args: argparse.Namespace, settings: Settings) -> int:

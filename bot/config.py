@@ -194,6 +194,9 @@ FIELDS: dict[str, FieldSpec] = {
         _parse_optional_url, "Discord REST base URL, e.g. a nirn-proxy (default: Discord's own /api/v10)."
     ),
     "discord_gateway_url": FieldSpec(_parse_optional_url, "Discord gateway URL, e.g. a gateway proxy."),
+    "dashboard_url": FieldSpec(
+        _parse_optional_url, "Public URL of `imaginebot dashboard`, for /mod dashboard's login links; empty = off."
+    ),
     "c2pa_cert": FieldSpec(
         _parse_optional_path,
         "PEM certificate chain (signing certificate first) for Content Credentials; empty = a local CA "
@@ -226,6 +229,7 @@ class Settings:
     face_detector: str = "auto"
     discord_guilds: tuple[int, ...] = ()
     discord_api_base: str | None = None
+    dashboard_url: str | None = None
     discord_gateway_url: str | None = None
     c2pa_cert: Path | None = None
     c2pa_key: Path | None = None

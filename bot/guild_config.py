@@ -470,11 +470,11 @@ class GuildConfigStore:
             raise InvalidSettingError(f"That term cannot be used: {exc}.") from None
 
         def change(c: GuildConfig) -> GuildConfig:
-            if sum(len(t) for t in c.blocklist.values()) >= MAX_BLOCKLIST:
-                raise InvalidSettingError(f"This server already lists {MAX_BLOCKLIST} terms; remove one first.")
             terms = c.blocklist.get(category, ())
             if term.casefold() in (t.casefold() for t in terms):
-                return c
+                return c  # already listed: no change, no error (even when the list is full)
+            if sum(len(t) for t in c.blocklist.values()) >= MAX_BLOCKLIST:
+                raise InvalidSettingError(f"This server already lists {MAX_BLOCKLIST} terms; remove one first.")
             return replace(c, blocklist={**c.blocklist, category: (*terms, term)})
 
         return await self._change(guild_id, actor_id, change)

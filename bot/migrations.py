@@ -194,6 +194,15 @@ CREATE TABLE bans (
     at           REAL NOT NULL,
     PRIMARY KEY (guild_id, user_id)
 ) STRICT;
+-- One-time dashboard login tokens already used (bot/dashboard/auth.py): a nonce may log in once.
+-- Rows past expires_at can be deleted; the token would be refused as expired anyway.
+CREATE TABLE dashboard_logins (
+    nonce      TEXT PRIMARY KEY NOT NULL,
+    user_id    TEXT NOT NULL,
+    guild_id   TEXT NOT NULL,
+    used_at    REAL NOT NULL,
+    expires_at REAL NOT NULL
+) STRICT;
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)

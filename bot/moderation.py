@@ -96,6 +96,15 @@ def plain_category(category: str | None) -> str:
     return _PLAIN.get(category, category.replace("_", " "))
 
 
+PSEUDONYM_KEY = "privacy.key"  # in the keys directory: the secret behind members' pseudonyms
+
+
+def pseudonym(key: bytes, user_id: str) -> str:
+    """A member id's keyed pseudonym (``anon-`` + 16 hex digits): stable, not reversible without the key."""
+    digest = hmac.new(key, b"imaginebot/pseudonym/v1" + user_id.encode(), hashlib.sha256).hexdigest()
+    return f"anon-{digest[:16]}"
+
+
 class JobDesk(Protocol):
     """What moderation needs of the service: :class:`bot.service.ImagineService` in the bot; in another
     process (the dashboard), an object that writes to the same database, whose queued jobs the bot
@@ -157,8 +166,7 @@ class Moderation:
 
     def pseudonym(self, user_id: str) -> str:
         """The stable, keyed stand-in for a member's id in kept moderation records."""
-        digest = hmac.new(self._key, b"imaginebot/pseudonym/v1" + user_id.encode(), hashlib.sha256).hexdigest()
-        return f"anon-{digest[:16]}"
+        return pseudonym(self._key, user_id)
 
     def identities(self, user_id: str) -> tuple[str, str]:
         """A member's id and their pseudonym: records under either are theirs."""
@@ -217,8 +225,9 @@ class Moderation:
         return await self.service.submit(request, enforce_caps=False, prechecked=True)
 
     async def _strike(self, decided: Decided, guild_id: str, user_id: str, job_id: str, moderator_id: str) -> Decided:
+        # Recorded on the clock the window is counted on.
         await self.storage.add_strike(guild_id, user_id, job_id=job_id, moderator_id=moderator_id,
-                                      reason=f"job {job_id} rejected")  # fmt: skip
+                                      reason=f"job {job_id} rejected", at=self._now())  # fmt: skip
         await self.storage.audit("strike", guild_id=guild_id, actor_id=moderator_id, target=user_id,
                                  detail={"job": job_id})  # fmt: skip
         config = await self.service.guild_config(guild_id)
@@ -264,7 +273,8 @@ class Moderation:
     async def ban(
         self, guild_id: str, user_id: str, *, moderator_id: str, reason: str, until: float | None = None
     ) -> BanRecord:
-        ban = await self.storage.ban(guild_id, user_id, until=until, moderator_id=moderator_id, reason=reason)
+        ban = await self.storage.ban(guild_id, user_id, until=until, moderator_id=moderator_id, reason=reason,
+                                     at=self._now())  # fmt: skip
         await self.storage.audit("ban", guild_id=guild_id, actor_id=moderator_id, target=user_id,
                                  detail={"until": until, "reason": reason})  # fmt: skip
         return ban
@@ -316,7 +326,8 @@ class Moderation:
                 e.action,
                 e.actor_id or "",
                 e.target or "",
-                json.dumps(e.detail, sort_keys=True, default=str),
+                # detail is a read-only mapping, which json cannot encode (default=str would write its repr).
+                json.dumps(dict(e.detail), sort_keys=True, default=str),
             ]
             writer.writerow([_cell(c) for c in cells])
         return out.getvalue().encode()

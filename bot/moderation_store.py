@@ -156,6 +156,16 @@ class ModerationTables:
                 (channel_id, message_id, job_id),
             )
 
+    async def reviews_without_card(self, *, limit: int = 50) -> list[ReviewRecord]:
+        """Pending reviews whose card has not been posted (the bot posts it where a review channel is set)."""
+        rows = await self._fetchall(
+            "SELECT * FROM reviews WHERE state = 'pending' AND card_message_id IS NULL"
+            " AND guild_id IN (SELECT guild_id FROM guild_settings WHERE key = 'review_channel' AND value != 'null')"
+            " ORDER BY requested_at LIMIT ?",
+            (limit,),
+        )
+        return [_review_from_row(row) for row in rows]
+
     async def undelivered(self, *, limit: int = 50) -> list[ReviewRecord]:
         """Decided reviews whose outcome the bot has not posted yet, oldest decision first."""
         rows = await self._fetchall(
@@ -279,6 +289,10 @@ class ModerationTables:
             await db.execute("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (ids_json,))
             for table in ("reviews", "strikes", "bans"):
                 await db.execute(f"UPDATE OR REPLACE {table} SET user_id = ? WHERE user_id = ?", (pseudonym, user_id))
+            # A member who moderated: their decisions stay, under the pseudonym too (as in the audit log).
+            for table, column in (("reviews", "decided_by"), ("strikes", "moderator_id"), ("bans", "moderator_id")):
+                await db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (pseudonym, user_id))
             await db.execute("UPDATE audit_log SET actor_id = ? WHERE actor_id = ?", (pseudonym, user_id))
             await db.execute("UPDATE audit_log SET target = ? WHERE target = ?", (pseudonym, user_id))
+            await db.execute("DELETE FROM dashboard_logins WHERE user_id = ?", (user_id,))
         return Forgotten(tuple(ids), tuple(files), votes)

@@ -261,6 +261,10 @@ class FairScheduler:
         """True if a job with this id is queued (not running); O(1)."""
         return job_id in self._queued
 
+    def knows(self, job_id: str) -> bool:
+        """True if a job with this id is queued or running here."""
+        return job_id in self._queued or job_id in self._running
+
     def queued_for_guild(self, guild_id: str) -> int:
         queue = self._queues.get(guild_id)
         return len(queue) if queue else 0

@@ -27,6 +27,7 @@ from bot.errors import (
     CooldownError,
     IllegalTransitionError,
     InvalidRequestError,
+    JobNotFoundError,
     PromptBlockedError,
     QueueFullError,
 )
@@ -231,6 +232,23 @@ class ImagineService:
             logger.info("resumed %d jobs", len(resumed))
             self._wakeup.set()
         return resumed
+
+    async def adopt_queued(self) -> list[Job]:
+        """Schedule ``queued`` jobs another process wrote to the database (the dashboard queues the rerun
+        of an accepted appeal this way); jobs this process knows are left alone. Returns those adopted."""
+        adopted = []
+        async with self._submit_lock:  # a job being submitted here is inserted and scheduled as one step
+            for job in await self.storage.jobs_in_states({JobState.QUEUED}):
+                if job.id in self._running or self._scheduler.knows(job.id):
+                    continue
+                self._scheduler.restore(to_queued(job))
+                adopted.append(job)
+        if adopted:
+            logger.info("adopted %d jobs queued by another process", len(adopted))
+            for job in adopted:
+                self._emit(JobUpdate(job.id, job.state))
+            self._wakeup.set()
+        return adopted
 
     # --- requests ---
 
@@ -439,7 +457,7 @@ class ImagineService:
         for queued in batch:
             try:
                 job = await self.storage.transition(queued.job_id, JobState.RUNNING)
-            except IllegalTransitionError:  # cancelled between pop and start
+            except (IllegalTransitionError, JobNotFoundError):  # cancelled, or deleted (/privacy), since the pop
                 continue
             self._running.add(job.id)
             self._emit(JobUpdate(job.id, job.state))
@@ -505,6 +523,12 @@ class ImagineService:
             self._emit(JobUpdate(job_id, JobState.RUNNING, progress.step, progress.total))
 
     async def _record(self, job: Job, outcome: JobOutcome) -> None:
+        try:
+            await self._record_outcome(job, outcome)
+        except JobNotFoundError:  # its requester deleted their data (/privacy delete) while it ran
+            logger.info("job %s was deleted while it ran; its result is dropped", job.id)
+
+    async def _record_outcome(self, job: Job, outcome: JobOutcome) -> None:
         self.timings[job.id] = dict(outcome.timings)
         if outcome.kind is OutcomeKind.CANCELLED:
             final = await self.storage.transition(job.id, JobState.CANCELLED, detail="cancelled while running")
@@ -541,7 +565,8 @@ class ImagineService:
                 phash = perceptual_hash(o.image)
                 payload = self._payload_of(o.output_id) if self._payload_of is not None else None
                 # Moderators' cards show a blurred preview first; the full image only on request.
-                preview = self._store.write(make_preview(o.image)) if o.verdict.decision == "flag" else None
+                held = o.verdict.decision == "flag" or r.appeal_of is not None
+                preview = self._store.write(make_preview(o.image)) if held else None
                 records.append(
                     OutputRecord(job.id, o.index, str(stored.path), stored.sha256, stored.width, stored.height,
                                  o.seed, str(preview.path) if preview else None, phash, payload,
@@ -559,6 +584,8 @@ class ImagineService:
         await self.storage.save_outputs(job.id, outputs, verdicts, grid)
         self.timings[job.id]["store"] = time.perf_counter() - started
         state = final_state([o.verdict.decision for o in outcome.images])
+        if r.appeal_of is not None and state is JobState.DONE:
+            state = JobState.FLAGGED  # a rerun on appeal is always seen by a moderator before it is posted
         return await self.storage.transition(job.id, state)
 
     # --- notifications ---

@@ -108,7 +108,9 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
     for v in items:
         scores.update(v.scores)
         versions.update(v.model_versions)
-    worst = max(items, key=lambda v: v.decision.severity)  # max keeps the first of equals: stage order
+    # Of equally severe blocks a hard category decides (the member is told it, and no appeal reopens it);
+    # otherwise max keeps the first of equals: stage order.
+    worst = max(items, key=lambda v: (v.decision.severity, v.decision is Decision.BLOCK and not appealable(v.category)))
     if worst.decision is Decision.ALLOW:
         return Verdict(Decision.ALLOW, "policy", "passed every safety check", None, scores, versions)
     return Verdict(worst.decision, worst.stage, worst.reason, worst.category, scores, versions)

@@ -15,6 +15,7 @@ import discord
 
 if TYPE_CHECKING:
     from bot.chat.imagine import ImagineCog
+    from bot.chat.moderation import ModerationCog
 
 ACTIONS = {
     "u": "select",  # post one image of a grid alone, at full size
@@ -96,4 +97,57 @@ def _on_row(button: JobButton, row: int) -> JobButton:
 def progress_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("x", job_id, label="Cancel"))
+    return view
+
+
+# e reveal, a approve, j reject, t reject + strike, b ban from bot; p: the requester's "Request review".
+_LABELS = {"e": "👁 Reveal", "a": "✅ Approve", "j": "❌ Reject", "t": "❌ Reject + strike", "b": "⛔ Ban from bot",
+           "p": "Request review"}  # fmt: skip
+
+
+class ReviewButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"mod:(?P<action>[eajtbp]):(?P<job>[0-9a-z]+)"
+):
+    """A button on a review card (or a block notice), persistent across restarts."""
+
+    def __init__(self, action: str, job_id: str) -> None:
+        style = {"a": discord.ButtonStyle.success, "j": discord.ButtonStyle.danger, "t": discord.ButtonStyle.danger,
+                 "b": discord.ButtonStyle.danger}.get(action, discord.ButtonStyle.secondary)  # fmt: skip
+        super().__init__(discord.ui.Button(label=_LABELS[action], style=style, custom_id=f"mod:{action}:{job_id}"))
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ReviewButton:
+        return cls(match["action"], match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog: ModerationCog | None = interaction.client.get_cog("ModerationCog")
+        if cog is None:
+            await interaction.response.send_message("The bot is still starting; try again shortly.", ephemeral=True)
+            return
+        await cog.on_button(interaction, self.action, self.job_id)
+
+
+def detached(view: discord.ui.View) -> discord.ui.View:
+    """A view whose buttons are all dynamic items (dispatched by ``custom_id``), stopped before it is sent:
+    discord.py then does not store it, nor start the 15-minute timeout it gives ephemeral views."""
+    view.stop()
+    return view
+
+
+def card_view(job_id: str, *, appeal: bool) -> discord.ui.View:
+    """Under a review card: Reveal (not for an appeal: nothing was stored), Approve, Reject, Reject + strike, Ban."""
+    view = discord.ui.View(timeout=None)
+    for action in "ajtb" if appeal else "eajtb":
+        view.add_item(ReviewButton(action, job_id))
+    return view
+
+
+def appeal_view(job_id: str) -> discord.ui.View:
+    """Under a block notice: the requester's "Request review"."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(ReviewButton("p", job_id))
     return view

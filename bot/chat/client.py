@@ -12,13 +12,15 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import open_service, open_verifier
-from bot.chat.buttons import JobButton
+from bot.app import load_face_models, open_moderation, open_service, open_verifier
+from bot.chat.buttons import JobButton, ReviewButton
 from bot.chat.imagine import ImagineCog
+from bot.chat.moderation import DELIVERY_INTERVAL, ModerationCog
 from bot.chat.settings import SettingsCog
 from bot.chat.verify import VerifyCog
 from bot.config import Settings
 from bot.errors import ConfigError, UserFacingError
+from safety.gallery import ProtectedGallery
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +66,12 @@ class ImagineBot(commands.AutoShardedBot):
     many as Discord requires, without a setting.
     """
 
-    def __init__(self, settings: Settings, **options: Any) -> None:
+    def __init__(self, settings: Settings, *, moderation_interval: float = DELIVERY_INTERVAL, **options: Any) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),
                          allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
                          **options)  # fmt: skip
         self.settings = settings
+        self._moderation_interval = moderation_interval
         self._resources = AsyncExitStack()
 
     async def launch_shards(self) -> None:
@@ -84,7 +87,12 @@ class ImagineBot(commands.AutoShardedBot):
         await self.add_cog(SettingsCog(self, service))
         verifier = await asyncio.to_thread(open_verifier, self.settings, service.storage)
         await self.add_cog(VerifyCog(self, service, verifier))
-        self.add_dynamic_items(JobButton)
+        moderation = await asyncio.to_thread(open_moderation, self.settings, service)
+        gallery = ProtectedGallery(self.settings.protected_dir)
+        await self.add_cog(ModerationCog(self, service, moderation, gallery=gallery,
+                                         face_models=lambda: load_face_models(self.settings),
+                                         interval=self._moderation_interval))  # fmt: skip
+        self.add_dynamic_items(JobButton, ReviewButton)
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
         await self.sync_commands()
 

@@ -21,9 +21,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat.attachments import fit_image
-from bot.chat.buttons import image_view, progress_view, result_view
+from bot.chat.buttons import appeal_view, detached, image_view, progress_view, result_view
 from bot.chat.render import ASPECTS, ending_text, progress_text, queued_text, result_text, size_for, tally_text
-from bot.errors import AttachmentTooLargeError, IllegalTransitionError, JobNotFoundError, UserFacingError
+from bot.errors import (
+    AttachmentTooLargeError,
+    IllegalTransitionError,
+    JobNotFoundError,
+    PromptBlockedError,
+    UserFacingError,
+)
 from bot.guild_config import GuildConfig
 from bot.jobs import (
     MAX_GUIDANCE,
@@ -39,10 +45,12 @@ from bot.jobs import (
     upscale_request,
     variation_request,
 )
-from bot.records import OutputRecord
+from bot.moderation import plain_category
+from bot.records import OutputRecord, VerdictRecord
 from bot.service import ImagineService, JobUpdate
 from models import catalog
 from models.types import MAX_SEED
+from safety.verdict import appealable
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +118,14 @@ class ImagineCog(commands.Cog):
         try:
             request = await self._request(interaction, prompt, negative, aspect, seed, steps, guidance, count, model)
             await self.service.precheck(request)  # prompt filter and caps: refuse privately, before deferring
+        except PromptBlockedError as exc:  # the refusal is kept as a blocked job: its requester may appeal
+            if exc.job_id is not None and appealable(exc.category):
+                await interaction.response.send_message(
+                    exc.message, ephemeral=True, view=detached(appeal_view(exc.job_id))
+                )
+            else:
+                await interaction.response.send_message(exc.message, ephemeral=True)
+            return
         except UserFacingError as exc:
             await interaction.response.send_message(exc.message, ephemeral=True)
             return
@@ -264,11 +280,11 @@ class ImagineCog(commands.Cog):
         return config
 
     async def _allowed_output(self, job: Job, index: int) -> OutputRecord | None:
-        """Output ``index`` of ``job`` if it may be shown and reused: finished, stored and allowed."""
+        """Output ``index`` of ``job`` if it may be shown and reused: finished, stored and allowed
+        (or held and then approved by a moderator)."""
         if job.state not in (JobState.DONE, JobState.APPROVED):
             return None
-        verdicts = {v.index: v.decision for v in await self.service.storage.verdicts_for(job.id)}
-        if verdicts.get(index) != "allow":
+        if index not in shown_indexes(job, await self.service.storage.verdicts_for(job.id)):
             return None
         return next((o for o in await self.service.storage.outputs_for(job.id) if o.index == index), None)
 
@@ -285,13 +301,12 @@ class ImagineCog(commands.Cog):
                                          actor_id=str(interaction.user.id), target=job.id)  # fmt: skip
 
     async def _vote(self, interaction: discord.Interaction[Any], job: Job, index: int) -> None:
-        verdicts = {v.index: v.decision for v in await self.service.storage.verdicts_for(job.id)}
-        if job.state not in (JobState.DONE, JobState.APPROVED) or verdicts.get(index) != "allow":
+        allowed = shown_indexes(job, await self.service.storage.verdicts_for(job.id))
+        if job.state not in (JobState.DONE, JobState.APPROVED) or index not in allowed:
             await interaction.response.send_message("That image can't be voted for.", ephemeral=True)
             return
         tally = await self.service.storage.vote(job.id, str(interaction.user.id), index,
                                                 guild_id=str(interaction.guild_id))  # fmt: skip
-        allowed = [i for i, d in verdicts.items() if d == "allow"]
         content = result_text(job) + "\n" + tally_text(tally)
         # One vote per member per grid: voting again moves the vote. The tally shows on the message.
         await interaction.response.edit_message(content=content, view=result_view(job.id, job.request.count,
@@ -362,6 +377,8 @@ class ImagineCog(commands.Cog):
         await interaction.edit_original_response(content=text, view=progress_view(job.id))
 
     def _on_update(self, update: JobUpdate) -> None:
+        if update.state in (JobState.APPROVED, JobState.REJECTED):
+            return  # a moderator's decision: the moderation cog's outbox delivers it
         delivery = self._deliveries.get(update.job_id)
         if update.state.finished:
             self._spawn(self._finish(update.job_id))
@@ -417,8 +434,16 @@ class ImagineCog(commands.Cog):
             if job.request.kind is JobKind.UPSCALE:  # one image: its own buttons, not a grid's
                 return result_text(job), files, image_view(job.id, 0, upscale=self._upscalable(job), delete=True)
             return result_text(job), files, result_view(job.id, job.request.count, allowed=allowed)
-        reasons = {v.reason for v in await self.service.storage.verdicts_for(job.id) if v.decision == "block"}
-        return ending_text(job, next(iter(sorted(reasons)), "")), [], None
+        verdicts = await self.service.storage.verdicts_for(job.id)
+        if job.state is JobState.FLAGGED:
+            held = next((v.category for v in verdicts if v.decision == "flag"), None)
+            return ending_text(job, plain_category(held)), [], None
+        blocks = [v for v in verdicts if v.decision == "block"]
+        reasons = {v.reason for v in blocks}
+        text = ending_text(job, next(iter(sorted(reasons)), ""))
+        if job.state is JobState.BLOCKED and blocks and all(appealable(v.category) for v in blocks):
+            return text, [], appeal_view(job.id)  # the requester may ask moderators to look again
+        return text, [], None
 
     def _upload_limit(self, job: Job, interaction: discord.Interaction[Any] | None) -> int:
         """Bytes per file where the result goes: the interaction says its limit; a channel post has the guild's."""
@@ -458,6 +483,12 @@ class ImagineCog(commands.Cog):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("delivering a job update failed", exc_info=task.exception())
+
+
+def shown_indexes(job: Job, verdicts: list[VerdictRecord]) -> list[int]:
+    """Images of a job members may see and reuse: allowed ones, and held ones once a moderator approved."""
+    shown = ("allow", "flag") if job.state is JobState.APPROVED else ("allow",)
+    return [v.index for v in verdicts if v.decision in shown]
 
 
 def _requester(interaction: discord.Interaction[Any], config: GuildConfig) -> Requester:

@@ -63,7 +63,7 @@ def tally_text(tally: dict[int, int]) -> str:
 
 
 _ENDINGS = {
-    JobState.FLAGGED: "was held for a moderator to review. You'll hear back once it has been looked at.",
+    JobState.FLAGGED: "was held for a moderator to review ({reason}). You'll hear back once it has been looked at.",
     JobState.BLOCKED: "was blocked by the safety filter: {reason}",
     JobState.FAILED: "could not be generated. Please try again in a moment.",
     JobState.CANCELLED: "was cancelled.",
@@ -75,7 +75,8 @@ def ending_text(job: Job, reason: str = "") -> str:
     if job.state is JobState.FAILED and job.error in SOURCE_ERRORS:
         return f"**{_clip(job.request.prompt)}** could not be made: {job.error}."
     template = _ENDINGS.get(job.state, "finished.")
-    return f"**{_clip(job.request.prompt)}** " + template.format(reason=reason or "it did not pass.")
+    default = "the safety policy" if job.state is JobState.FLAGGED else "it did not pass."
+    return f"**{_clip(job.request.prompt)}** " + template.format(reason=reason or default)
 
 
 def _clip(prompt: str, limit: int = 180) -> str:

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from bot.config import Settings
-from bot.errors import InvalidSettingError, UserFacingError
-from bot.guild_config import MAX_CHANNELS, SETTING_CHANGED, GuildConfig, GuildConfigStore, NsfwPolicy
+from bot.errors import InvalidSettingError, PromptBlockedError, UserFacingError
+from bot.guild_config import (
+    MAX_BAN_HOURS,
+    MAX_CHANNELS,
+    MAX_STRIKE_WINDOW_HOURS,
+    MAX_STRIKES,
+    MAX_TERM_CHARS,
+    SETTING_CHANGED,
+    GuildConfig,
+    GuildConfigStore,
+    NsfwPolicy,
+)
 from bot.storage import MEMORY, Storage
+from safety.prompt_filter import PromptCategory
 
 SETTINGS = replace(Settings(), per_user_cap=3, per_guild_queue_cap=50, models=("sd-turbo", "builtin:tiny"))
 ADMIN = "admin-1"
@@ -211,3 +223,138 @@ async def test_loads_are_cached_but_changes_show_at_once(
     later = guild_config._clock() + guild_config.CACHE_SECONDS + 1
     monkeypatch.setattr(guild_config, "_clock", lambda: later)
     assert (await store.load("g")).strictness == "relaxed"
+
+
+# -- strikes and the blocklist (moderation) --------------------------------------------------------
+
+
+async def test_strike_settings_are_bounded_stored_and_audited(storage: Storage, store: GuildConfigStore) -> None:
+    defaults = await store.load("g1")
+    assert (defaults.strike_limit, defaults.strike_window_hours, defaults.strike_ban_hours) == (3, 30 * 24, 7 * 24)
+    config = await store.set_strikes("g1", actor_id=ADMIN, limit=0, window_hours=1, ban_hours=0)
+    assert (config.strike_limit, config.strike_window_hours, config.strike_ban_hours) == (0, 1, 0)
+    config = await store.set_strikes("g1", actor_id=ADMIN, limit=MAX_STRIKES, window_hours=MAX_STRIKE_WINDOW_HOURS,
+                                     ban_hours=MAX_BAN_HOURS)  # fmt: skip
+    assert (config.strike_limit, config.strike_window_hours, config.strike_ban_hours) == (20, 8760, 8760)
+    assert (await GuildConfigStore(storage, SETTINGS).load("g1")) == config
+    await store.set_strikes("g1", actor_id="admin-2", limit=5)  # only what is given changes
+    entries = [(e.actor_id, e.target, e.detail["old"], e.detail["new"]) for e in await storage.audit_entries()]
+    assert entries[0] == ("admin-2", "strike_limit", 20, 5) and len(entries) == 7
+    assert ("admin-1", "strike_ban_hours", 168, 0) in entries
+
+
+@pytest.mark.parametrize(
+    ("strikes", "message"),
+    [
+        ({"limit": -1}, "strike limit must be 0 \\(never ban\\) to 20"),
+        ({"limit": MAX_STRIKES + 1}, "strike limit must be 0"),
+        ({"window_hours": 0}, "strike window must be 1 to 8760 hours"),
+        ({"window_hours": MAX_STRIKE_WINDOW_HOURS + 1}, "strike window must be 1 to 8760 hours"),
+        ({"ban_hours": -1}, "ban must last 0 \\(until lifted\\) to 8760 hours"),
+        ({"ban_hours": MAX_BAN_HOURS + 1}, "ban must last 0"),
+    ],
+)
+async def test_strike_settings_out_of_bounds_change_nothing(
+    storage: Storage, store: GuildConfigStore, strikes: dict[str, int], message: str
+) -> None:
+    with pytest.raises(InvalidSettingError, match=message):
+        await store.set_strikes("g1", actor_id=ADMIN, **strikes)
+    assert await storage.guild_settings("g1") == {} and await storage.audit_entries() == []
+
+
+async def test_stored_strike_settings_out_of_bounds_are_clamped(storage: Storage, store: GuildConfigStore) -> None:
+    await storage.set_guild_setting("g1", "strike_limit", 99)
+    await storage.set_guild_setting("g1", "strike_window_hours", 0)
+    await storage.set_guild_setting("g1", "strike_ban_hours", -5)
+    config = await store.load("g1")
+    assert (config.strike_limit, config.strike_window_hours, config.strike_ban_hours) == (MAX_STRIKES, 1, 0)
+
+
+async def test_blocked_terms_are_tidied_deduplicated_and_audited(storage: Storage, store: GuildConfigStore) -> None:
+    config = await store.add_blocked_term("g1", "  Haunted    Lighthouse ", "gore", actor_id=ADMIN)
+    assert dict(config.blocklist) == {"gore": ("Haunted Lighthouse",)}
+    again = await store.add_blocked_term("g1", "haunted lighthouse", "gore", actor_id="admin-2")  # casefolded
+    assert again == config
+    config = await store.add_blocked_term("g1", "spoiler*", "hate", actor_id=ADMIN)
+    assert dict(config.blocklist) == {"gore": ("Haunted Lighthouse",), "hate": ("spoiler*",)}
+    assert config.prompt_additions == {PromptCategory.GORE: ("Haunted Lighthouse",), PromptCategory.HATE: ("spoiler*",)}
+    assert await GuildConfigStore(storage, SETTINGS).load("g1") == config  # round trip
+    entries = await storage.audit_entries()
+    assert [(e.actor_id, e.target) for e in entries] == [(ADMIN, "blocklist"), (ADMIN, "blocklist")]
+    assert entries[0].detail == {"old": {"gore": ["Haunted Lighthouse"]},
+                                 "new": {"gore": ["Haunted Lighthouse"], "hate": ["spoiler*"]}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("term", "category", "message"),
+    [
+        ("lighthouse", "protected_person", "category must be one of sexual, minors, gore, hate, self_harm"),
+        ("lighthouse", "spam", "category must be one of"),
+        ("   ", "gore", "A term must be 1 to 60 characters"),
+        ("x" * (MAX_TERM_CHARS + 1), "gore", "A term must be 1 to 60 characters"),
+        ("!!!", "gore", "That term cannot be used: .*empty after normalisation"),
+        ("two words*", "gore", "That term cannot be used: .*stem must be one word"),
+    ],
+)
+async def test_bad_blocked_terms_are_refused(
+    storage: Storage, store: GuildConfigStore, term: str, category: str, message: str
+) -> None:
+    with pytest.raises(InvalidSettingError, match=message):
+        await store.add_blocked_term("g1", term, category, actor_id=ADMIN)
+    assert await storage.guild_settings("g1") == {} and await storage.audit_entries() == []
+
+
+async def test_the_blocklist_is_capped(store: GuildConfigStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bot.guild_config as guild_config
+
+    monkeypatch.setattr(guild_config, "MAX_BLOCKLIST", 3)
+    for term, category in (("one", "gore"), ("two", "hate"), ("three", "gore")):
+        await store.add_blocked_term("g1", term, category, actor_id=ADMIN)
+    with pytest.raises(InvalidSettingError, match="already lists 3 terms; remove one first"):
+        await store.add_blocked_term("g1", "four", "self_harm", actor_id=ADMIN)
+    full = await store.add_blocked_term("g1", "ONE", "gore", actor_id=ADMIN)  # already listed: no change, no error
+    assert sum(len(t) for t in full.blocklist.values()) == 3
+    await store.remove_blocked_term("g1", "two", actor_id=ADMIN)
+    assert "four" in (await store.add_blocked_term("g1", "four", "self_harm", actor_id=ADMIN)).blocklist["self_harm"]
+
+
+async def test_removing_blocked_terms(storage: Storage, store: GuildConfigStore) -> None:
+    await store.add_blocked_term("g1", "haunted lighthouse", "gore", actor_id=ADMIN)
+    await store.add_blocked_term("g1", "fog", "gore", actor_id=ADMIN)
+    await store.add_blocked_term("g1", "Fog", "hate", actor_id=ADMIN)
+    config = await store.remove_blocked_term("g1", "  FOG ", actor_id=ADMIN)  # from every category
+    assert dict(config.blocklist) == {"gore": ("haunted lighthouse",)}
+    config = await store.remove_blocked_term("g1", "Haunted   Lighthouse", actor_id=ADMIN)
+    assert dict(config.blocklist) == {} and config.prompt_additions == {}
+    before = len(await storage.audit_entries())
+    with pytest.raises(InvalidSettingError, match="`fog` is not on this server's blocklist"):
+        await store.remove_blocked_term("g1", "fog", actor_id=ADMIN)
+    assert len(await storage.audit_entries()) == before
+    assert await GuildConfigStore(storage, SETTINGS).load("g1") == GuildConfig.defaults(SETTINGS)
+
+
+async def test_a_servers_blocklist_reaches_the_prompt_filter_for_that_server_only(tmp_path: Path) -> None:
+    from safety.prompt_filter import PromptFilter
+    from safety.suite import GuildRules, PromptStage
+    from tests.bot.test_moderation import desk_for, req
+
+    rules = GuildRules(None)
+    gate = PromptStage(PromptFilter.default(), rules)
+    async with desk_for(tmp_path, prompt_gate=gate, rules=rules) as d:
+        prompt = "a haunted lighthouse at dusk"
+        await d.service.precheck(req("g1", prompt=prompt))
+        await d.service.guild_configs.add_blocked_term("g1", "Haunted Lighthouse", "hate", actor_id=ADMIN)
+        with pytest.raises(PromptBlockedError, match="hateful content") as refused:
+            await d.service.precheck(req("g1", prompt=prompt))
+        assert refused.value.category == "hate"
+        with pytest.raises(PromptBlockedError):
+            await d.service.submit(req("g1", prompt="HAUNTED  lighthouse"))
+        await d.service.precheck(req("g2", prompt=prompt))  # another server's filter is unchanged
+        await d.service.guild_configs.remove_blocked_term("g1", "haunted lighthouse", actor_id=ADMIN)
+        await d.service.precheck(req("g1", prompt=prompt))
+        # A change another process made reaches this one's filter once its cached config expires.
+        other = GuildConfigStore(d.storage, d.service.guild_configs.settings)
+        await other.add_blocked_term("g2", "lighthouse", "gore", actor_id=ADMIN)
+        d.service.guild_configs._cache.clear()
+        with pytest.raises(PromptBlockedError, match="graphic violence"):
+            await d.service.precheck(req("g2", prompt=prompt))

@@ -10,7 +10,7 @@ from PIL import Image
 
 from safety.integrity import IntegrityStage
 from safety.policy import CheckContext, Policy
-from safety.verdict import UNAVAILABLE_REASON, Decision, Verdict, combine
+from safety.verdict import HARD_CATEGORIES, UNAVAILABLE_REASON, Decision, Verdict, appealable, combine, for_appeal
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,69 @@ def test_integrity_stage() -> None:
     assert [v.decision for v in verdicts] == [Decision.ALLOW, Decision.BLOCK, Decision.BLOCK, Decision.BLOCK]
     assert verdicts[1].category == "blank" and verdicts[2].category == "malformed"
     assert verdicts[0].scores["integrity.std"] > 50
+
+
+# -- appeals ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Appealed(Context):
+    appealed: bool = True
+
+
+def test_hard_categories_cannot_be_appealed() -> None:
+    assert set(HARD_CATEGORIES) == {
+        "minors", "protected_person", "protected_identity", "protected_name", "unavailable", "malformed",
+    }  # fmt: skip
+    for category in HARD_CATEGORIES:
+        assert not appealable(category)
+    assert appealable(None)
+    for category in ("sexual", "sexual_explicit", "gore", "hate", "self_harm", "blank"):
+        assert appealable(category)
+
+
+def test_for_appeal_turns_only_appealable_blocks_into_flags() -> None:
+    gore = Verdict(Decision.BLOCK, "nsfw", "graphic violence", "gore", {"nsfw.gore": 0.9}, {"nsfw": "v1"})
+    flagged = for_appeal(gore)
+    assert (flagged.decision, flagged.stage, flagged.category) == (Decision.FLAG, "nsfw", "gore")
+    assert flagged.reason == "graphic violence (on appeal)"
+    assert dict(flagged.scores) == {"nsfw.gore": 0.9} and dict(flagged.model_versions) == {"nsfw": "v1"}
+    minors = Verdict(Decision.BLOCK, "nsfw", "minors", "minors")
+    assert for_appeal(minors) is minors
+    assert for_appeal(Verdict.unavailable("nsfw", "weights missing")).decision is Decision.BLOCK
+    for untouched in (Verdict(Decision.FLAG, "nsfw", "r", "sexual"), Verdict(Decision.ALLOW, "policy", "ok")):
+        assert for_appeal(untouched) is untouched
+
+
+def test_of_equally_severe_blocks_a_hard_category_decides() -> None:
+    gore, minors = Fixed("a", Decision.BLOCK, "gore"), Fixed("b", Decision.BLOCK, "minors")
+    assert combine(v for s in (gore, minors) for v in s.check([noise()], Context())).category == "minors"
+    [verdict] = Policy([gore, minors]).check([noise()], Context())
+    assert (verdict.decision, verdict.category, verdict.stage) == (Decision.BLOCK, "minors", "b")
+    # Among appealable blocks (and among flags) stage order still decides.
+    [first] = Policy([gore, Fixed("c", Decision.BLOCK, "hate")]).check([noise()], Context())
+    assert first.category == "gore"
+
+
+def test_on_an_appealed_rerun_appealable_blocks_become_flags() -> None:
+    policy = Policy([Fixed("a", Decision.BLOCK, "gore"), Fixed("b", Decision.ALLOW)])
+    [normal] = policy.check([noise()], Context())
+    [rerun] = policy.check([noise()], Appealed())
+    assert normal.decision is Decision.BLOCK
+    assert (rerun.decision, rerun.category, rerun.reason) == (Decision.FLAG, "gore", "a says block (on appeal)")
+    assert dict(rerun.scores) == {"a.p": 0.5, "b.p": 0.5}
+    [not_appealed] = policy.check([noise()], Appealed(appealed=False))
+    assert not_appealed.decision is Decision.BLOCK
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [
+        [Fixed("a", Decision.BLOCK, "minors")],
+        [Fixed("a", Decision.BLOCK, "gore"), Fixed("b", Decision.BLOCK, "minors")],  # hidden behind an appealable one
+        [Fixed("a", Decision.BLOCK, "gore"), Raising()],  # a check that could not run
+    ],
+)
+def test_on_an_appealed_rerun_hard_blocks_stay_blocks(stages: list[Fixed | Raising]) -> None:
+    [verdict] = Policy(stages).check([noise()], Appealed())
+    assert verdict.decision is Decision.BLOCK and not appealable(verdict.category)
