@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import io
 import logging
+import mimetypes
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -332,7 +333,7 @@ class ModerationCog(commands.Cog):
             + card_text(oldest, await self._job(oldest.job_id), await self.storage.verdicts_for(oldest.job_id))
         )
         view = detached(card_view(oldest.job_id, appeal=oldest.kind == "appeal"))
-        await interaction.response.send_message(_clip(text, 1990), view=view, ephemeral=True,
+        await interaction.response.send_message(text[:2000], view=view, ephemeral=True,
                                                 allowed_mentions=_NO_MENTIONS)  # fmt: skip
 
     @mod.command(name="dashboard")
@@ -475,8 +476,8 @@ class ModerationCog(commands.Cog):
         if config is None:
             return
         lines = [f"**{c}**: " + ", ".join(f"`{t}`" for t in terms) for c, terms in sorted(config.blocklist.items())]
-        await interaction.response.send_message(_clip("\n".join(lines) or "This server lists no terms of its own.",
-                                                      1990), ephemeral=True)  # fmt: skip
+        text = "\n".join(lines) or "This server lists no terms of its own."
+        await interaction.response.send_message(text[:2000], ephemeral=True)
 
     # --- /mod protect ---
 
@@ -490,7 +491,7 @@ class ModerationCog(commands.Cog):
             return
         people = await asyncio.to_thread(self._gallery.list, str(interaction.guild_id))
         lines = [f"{p.name}" + (" (everywhere)" if p.guild_id is None else "") for p in people]
-        await interaction.response.send_message(_clip("\n".join(lines) or "Nobody is protected yet.", 1990),
+        await interaction.response.send_message(("\n".join(lines) or "Nobody is protected yet.")[:2000],
                                                 ephemeral=True)  # fmt: skip
 
     @protect.command(name="add")
@@ -507,7 +508,8 @@ class ModerationCog(commands.Cog):
         if self._gallery is None or self._face_models is None:
             await interaction.response.send_message("The face filter is not configured on this bot.", ephemeral=True)
             return
-        if image.size > 10 * 1024 * 1024 or not (image.content_type or "").startswith("image/"):
+        kind = image.content_type or mimetypes.guess_type(image.filename)[0] or ""
+        if image.size > 10 * 1024 * 1024 or not kind.startswith("image/"):
             await interaction.response.send_message("Attach a photo (PNG, JPEG or WebP) under 10 MB.", ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -18,7 +18,15 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.errors import UserFacingError
-from bot.guild_config import MAX_COOLDOWN, VARIATION_MODES, GuildConfig, NsfwPolicy
+from bot.guild_config import (
+    MAX_BAN_HOURS,
+    MAX_COOLDOWN,
+    MAX_STRIKE_WINDOW_HOURS,
+    MAX_STRIKES,
+    VARIATION_MODES,
+    GuildConfig,
+    NsfwPolicy,
+)
 from bot.service import ImagineService
 from safety.verdict import STRICTNESS
 
@@ -91,6 +99,13 @@ def review_line(c: GuildConfig) -> str:
     return f"{where}\n{who}"
 
 
+def strikes_line(c: GuildConfig) -> str:
+    if c.strike_limit == 0:
+        return "Strikes: never ban automatically."
+    ban = "until a moderator lifts it" if c.strike_ban_hours == 0 else f"for {c.strike_ban_hours} h"
+    return f"Strikes: {c.strike_limit} within {c.strike_window_hours} h ban a member from the bot {ban}."
+
+
 def strictness_line(c: GuildConfig) -> str:
     return f"Safety strictness: {c.strictness}."
 
@@ -108,7 +123,7 @@ def credentials_line(c: GuildConfig) -> str:
 def summary(c: GuildConfig, s: Settings) -> str:
     """Everything ``/settings show`` lists, one line per setting."""
     lines = [channels_line(c), limits_line(c, s), models_line(c, s), nsfw_line(c), review_line(c),
-             strictness_line(c), variations_line(c), credentials_line(c)]  # fmt: skip
+             strikes_line(c), strictness_line(c), variations_line(c), credentials_line(c)]  # fmt: skip
     return "**imaginebot settings for this server**\n" + "\n".join(lines)
 
 
@@ -142,7 +157,11 @@ class SettingsCog(commands.GroupCog, group_name="settings", group_description="T
         if await self._refused(interaction):
             return
         config = await self.store.load(str(interaction.guild_id))
-        await _reply(interaction, summary(config, self.settings))
+        waiting = await self.store.storage.pending_count(str(interaction.guild_id))
+        text = summary(config, self.settings)
+        if waiting:
+            text += f"\n{waiting} held image set(s) or appeal(s) wait for review (/mod queue)."
+        await _reply(interaction, text)
 
     @channels.command(name="add")
     async def channels_add(self, interaction: discord.Interaction[Any], channel: Channel) -> None:
@@ -256,6 +275,28 @@ class SettingsCog(commands.GroupCog, group_name="settings", group_description="T
             role: The moderator role; leave out to have none.
         """
         await self._change(interaction, review_line, self.store.set_moderator_role, None if role is None else role.id)
+
+    @app_commands.command(name="strikes")
+    async def strikes(
+        self,
+        interaction: discord.Interaction[Any],
+        limit: app_commands.Range[int, 0, MAX_STRIKES] | None = None,
+        window_hours: app_commands.Range[int, 1, MAX_STRIKE_WINDOW_HOURS] | None = None,
+        ban_hours: app_commands.Range[int, 0, MAX_BAN_HOURS] | None = None,
+    ) -> None:
+        """How many strikes ban a member from the bot, within how long, and for how long.
+
+        Args:
+            limit: Strikes that ban (0 = never ban automatically).
+            window_hours: How far back strikes count.
+            ban_hours: How long the ban lasts (0 = until a moderator lifts it).
+        """
+        if limit is None and window_hours is None and ban_hours is None:
+            if not await self._refused(interaction):
+                await _reply(interaction, strikes_line(await self.store.load(str(interaction.guild_id))))
+            return
+        await self._change(interaction, strikes_line, self.store.set_strikes, limit=limit, window_hours=window_hours,
+                           ban_hours=ban_hours)  # fmt: skip
 
     @app_commands.command(name="strictness")
     @app_commands.choices(level=[app_commands.Choice(name=level, value=level) for level in STRICTNESS])

@@ -11,9 +11,12 @@ import asyncio
 import csv
 import io
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
+from skimage import data as skimage_data
 
 from bot.chat.client import ImagineBot
 from bot.chat.moderation import ModerationCog
@@ -81,6 +84,10 @@ async def answer(server: FakeDiscord, record: Any) -> JSON:
 async def channel_post(server: FakeDiscord, channel: FakeChannel, text: str, *, since: int = 0) -> Call:
     return await server.wait_for(lambda c: c.method == "POST" and c.path == f"/channels/{channel.id}/messages"
                                  and text in (c.json or {}).get("content", ""), timeout=60, since=since)  # fmt: skip
+
+
+def existing(paths: list[str]) -> list[bool]:
+    return [Path(p).exists() for p in paths]
 
 
 def _held_notice(call: Call, path: str) -> bool:
@@ -305,3 +312,82 @@ async def test_mod_queue_without_review_channel_and_audit_export(
     assert link["flags"] & EPHEMERAL and "http://127.0.0.1:8080/" in link["content"]
     denied = await answer(server, await server.slash(guild.id, general.id, alice, "mod", subcommand="dashboard"))
     assert denied["content"].startswith("Only moderators") and "http" not in denied["content"]
+
+
+async def test_blocklist_protect_and_strike_settings(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild, general: FakeChannel
+) -> None:
+    server, guild = discord_server, discord_guild
+    alice = server.add_member(guild.id, name="alice")
+    mod = server.add_member(guild.id, name="mod", permissions=Permission.MANAGE_MESSAGES)
+    admin = server.add_member(guild.id, name="admin", permissions=Permission.MANAGE_GUILD)
+
+    async def mod_command(sub: str, user: Any = mod, **options: Any) -> JSON:
+        return await answer(server, await server.slash(guild.id, general.id, user, "mod", options, subcommand=sub))
+
+    # A server's own blocked term refuses prompts here at once (the filter gets the new list).
+    assert (await mod_command("blocklist add", alice, term="bananas", category="hate"))["content"].startswith(
+        "Only moderators"
+    )
+    assert (await mod_command("blocklist add", term="bananas", category="hate"))["content"] == (
+        "Added. This server lists 1 term(s)."
+    )
+    assert "`bananas`" in (await mod_command("blocklist list"))["content"]
+    refused = await answer(server, await imagine(server, guild, general, alice, "a bowl of b4nanas"))
+    assert refused["flags"] & EPHEMERAL and "hateful content" in refused["content"]
+    assert (await mod_command("blocklist remove", term="bananas"))["content"] == "Removed."
+    accepted = await server.wait_for_response(await imagine(server, guild, general, alice, "a bowl of bananas"))
+    assert accepted.json["type"] == 5
+
+    # Protect a person from a photo of their face (the deepfake filter then blocks their likeness here).
+    photo = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(photo, format="PNG")
+    record = await server.slash(guild.id, general.id, mod, "mod", {"name": "Eileen Collins",
+                                "image": ("eileen.png", photo.getvalue())}, subcommand="protect add")  # fmt: skip
+    added = await server.wait_for(lambda c: c.method == "POST" and server.webhook_path(record) in c.path, timeout=60)
+    assert added.json["content"] == "Eileen Collins is now protected in this server.", added.json
+    assert "Eileen Collins" in (await mod_command("protect list"))["content"]
+    audit = await service_of(bot).storage.audit_entries(guild_id=str(guild.id))
+    assert ("protect_add", str(mod.id), "Eileen Collins") in [(e.action, e.actor_id, e.target) for e in audit]
+    assert (await mod_command("protect remove", name="Eileen Collins"))["content"] == "Removed."
+    assert (await mod_command("protect list"))["content"] == "Nobody is protected yet."
+
+    # Strike settings: Manage Server only; shown by /settings show.
+    async def settings_command(sub: str, user: Any, **options: Any) -> JSON:
+        return await answer(server, await server.slash(guild.id, general.id, user, "settings", options,
+                                                       subcommand=sub))  # fmt: skip
+
+    assert (await settings_command("strikes", mod, limit=5))["content"].startswith("You need the Manage Server")
+    saved = await settings_command("strikes", admin, limit=5, window_hours=48, ban_hours=12)
+    assert saved["content"] == "Saved. Strikes: 5 within 48 h ban a member from the bot for 12 h."
+    assert "Strikes: 5 within 48 h" in (await settings_command("show", admin))["content"]
+
+
+async def test_privacy_delete_removes_a_members_data_and_keeps_moderation_anonymised(
+    bot: ImagineBot, discord_server: FakeDiscord, discord_guild: FakeGuild, general: FakeChannel, reviews: FakeChannel
+) -> None:
+    server, guild = discord_server, discord_guild
+    alice = server.add_member(guild.id, name="alice")
+    mod = server.add_member(guild.id, name="mod", permissions=Permission.MANAGE_MESSAGES)
+    service = service_of(bot)
+    await service.guild_configs.set_review_channel(str(guild.id), reviews.id, actor_id="owner")
+    job_id, card = await held_job(server, guild, general, reviews, alice)
+    await answer(server, await server.click(guild.id, reviews.id, mod, card, f"mod:t:{job_id}"))  # a strike
+    files = [o.path for o in await service.storage.outputs_for(job_id)]
+    assert files and all(existing(files))
+
+    ask = await answer(server, await server.slash(guild.id, general.id, alice, "privacy", subcommand="delete"))
+    assert ask["flags"] & EPHEMERAL and "confirm:True" in ask["content"]
+    assert await service.storage.list_jobs(user_id=str(alice.id))  # nothing deleted without confirming
+    record = await server.slash(guild.id, general.id, alice, "privacy", {"confirm": True}, subcommand="delete")
+    done = await server.wait_for(lambda c: c.method == "POST" and server.webhook_path(record) in c.path
+                                 and "Deleted" in (c.json or {}).get("content", ""), timeout=30)  # fmt: skip
+    assert done.json["content"].startswith("Deleted 1 job(s)")
+    assert await service.storage.list_jobs(user_id=str(alice.id)) == []
+    assert not any(existing(files))
+    moderation = cog_of(bot).moderation
+    review = await service.storage.review(job_id)
+    assert review is not None and review.user_id == moderation.pseudonym(str(alice.id))
+    assert len(await service.storage.strikes(str(guild.id), moderation.identities(str(alice.id)))) == 1
+    entries = await service.storage.audit_entries()
+    assert all(str(alice.id) not in (e.actor_id or "", e.target or "") for e in entries)
