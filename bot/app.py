@@ -9,15 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
 
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.jobs import MAX_IMAGES, JobRequest
 from bot.moderation import PSEUDONYM_KEY, Moderation, pseudonym
+from bot.observability import start_worker_observability
 from bot.outputs import ImageStore
+from bot.remote import RedisRunner, RemoteConfig, RemoteWorker
+from bot.runner import Runner
 from bot.service import ImagineService
 from bot.storage import Storage
 from bot.verify import Verifier
@@ -150,33 +156,111 @@ def open_moderation(settings: Settings, service: ImagineService) -> Moderation:
     return Moderation(service, pseudonym_key=key_file(settings.keys_dir / PSEUDONYM_KEY))
 
 
+def remote_config(settings: Settings) -> RemoteConfig:
+    """The Redis transport's timings and limits from the settings (the bot's and the workers' agree)."""
+    return RemoteConfig(
+        claim_idle_seconds=settings.redis_claim_idle_seconds, max_deliveries=settings.redis_max_deliveries,
+        result_ttl_seconds=settings.redis_result_ttl_seconds, heartbeat_seconds=settings.worker_heartbeat_seconds,
+    )  # fmt: skip
+
+
+def load_marks(settings: Settings, *, create_keys: bool = True) -> MarkChain:
+    """The worker's marks: pixels first (watermark), then the metadata signature over the final pixels.
+
+    A failing mark blocks the image in the worker (fail closed). Blocking (~0.15 s: the carrier map).
+
+    Raises:
+        ConfigError: ``create_keys`` is False and a key is missing: a remote worker must mark with the
+            bot's keys (copied from its data directory), or the bot could not verify its own images.
+    """
+    if not create_keys:
+        missing = [n for n in (WATERMARK_KEY, METADATA_KEY) if not (settings.keys_dir / n).is_file()]
+        if missing:
+            raise ConfigError(f"{', '.join(str(settings.keys_dir / n) for n in missing)} missing: copy the keys/ "
+                              "directory of the bot's data directory to this worker (IMAGINEBOT_DATA_DIR)")  # fmt: skip
+    signer = MetadataSigner.from_key_file(settings.keys_dir / METADATA_KEY)
+    return MarkChain(load_watermark(settings), signer)
+
+
+async def load_safety(settings: Settings) -> SafetySuite:
+    """The configured safety stages, loaded on a thread; every unavailable stage is logged as an error."""
+    safety = await asyncio.to_thread(build_safety, settings)
+    logger.info("safety stages: %s", ", ".join(f"{s.name} ({'active' if s.active else 'UNAVAILABLE'})"
+                                               for s in safety.statuses))  # fmt: skip
+    for status in safety.unavailable:
+        logger.error("safety stage %s unavailable: every image will be blocked (%s)", status.name, status.detail)
+    return safety
+
+
+@asynccontextmanager
+async def open_worker(settings: Settings, safety: SafetySuite, *, create_keys: bool = True) -> AsyncIterator[Worker]:
+    """A started in-process worker: generate (``load_generator``) -> ``safety`` -> marks."""
+    marks = await asyncio.to_thread(lambda: load_marks(settings, create_keys=create_keys))
+    async with Worker(lambda model: load_generator(settings, model), safety.policy, marks) as worker:
+        yield worker
+
+
+@asynccontextmanager
+async def open_runner(settings: Settings, safety: SafetySuite) -> AsyncIterator[Runner]:
+    """What runs batches: remote workers through Redis when ``redis_url`` is set, else a worker thread here."""
+    if settings.redis_url is None:
+        async with open_worker(settings, safety) as worker:
+            yield worker
+        return
+    for name in (METADATA_KEY, WATERMARK_KEY):  # the workers mark with this data directory's keys
+        await asyncio.to_thread(key_file, settings.keys_dir / name)
+    async with RedisRunner.from_url(settings.redis_url.get(), remote_config(settings)) as runner:
+        yield runner
+
+
+async def serve_worker(
+    settings: Settings, *, redis_url: str, models: Sequence[str], max_batch_images: int, name: str
+) -> None:
+    """``imaginebot worker``: load the model(s) and the safety and provenance stages once, then serve
+    the models' streams until SIGTERM/SIGINT (the batch in hand is finished first)."""
+    safety = await load_safety(settings)
+    async with open_worker(settings, safety, create_keys=False) as worker:
+        await worker.preload(models[0])  # a bad model fails here, before any job is taken
+        redis = Redis.from_url(redis_url, decode_responses=False, socket_connect_timeout=2, socket_timeout=10)
+        remote = RemoteWorker(redis, worker, remote_config(settings), name=name, models=models,
+                              max_batch_images=max_batch_images)  # fmt: skip
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        logger.warning("worker %s serving %s through Redis", name, ", ".join(models))
+
+        async def redis_answers() -> bool:  # /readyz: the model is loaded; ready while Redis answers
+            try:
+                return bool(await redis.ping())
+            except Exception:
+                return False
+
+        try:
+            async with start_worker_observability(settings, ready=redis_answers):  # /healthz for the image
+                await remote.serve(stop)
+        finally:
+            await redis.aclose()
+
+
 @asynccontextmanager
 async def open_service(settings: Settings) -> AsyncIterator[ImagineService]:
-    """Open storage, start the worker and the service (resuming unfinished jobs); close all on exit."""
+    """Open storage, start the runner and the service (resuming unfinished jobs); close all on exit."""
     storage = await Storage.open(settings.db_path)
     try:
-        signer = MetadataSigner.from_key_file(settings.keys_dir / METADATA_KEY)
         credentials = await asyncio.to_thread(open_credentials, settings)
-        # Pixels first (watermark), then the metadata signature over the final pixels; a failing
-        # mark blocks the image in the worker (fail closed).
-        marks = MarkChain(await asyncio.to_thread(load_watermark, settings), signer)  # ~0.15 s: its carrier map
-        safety = await asyncio.to_thread(build_safety, settings)
-        logger.info("safety stages: %s", ", ".join(f"{s.name} ({'active' if s.active else 'UNAVAILABLE'})"
-                                                   for s in safety.statuses))  # fmt: skip
-        for status in safety.unavailable:
-            logger.error("safety stage %s unavailable: every image will be blocked (%s)", status.name, status.detail)
-        worker = Worker(lambda model: load_generator(settings, model), safety.policy, marks)
-        async with worker:
+        safety = await load_safety(settings)
+        async with open_runner(settings, safety) as runner:
             store = ImageStore(settings.images_dir)
             await asyncio.to_thread(store.sweep_temporary)
             privacy_key = key_file(settings.keys_dir / PSEUDONYM_KEY)
             service = ImagineService(
-                settings, storage, worker, store, quantum=default_quantum(settings), prompt_gate=safety.prompt,
+                settings, storage, runner, store, quantum=default_quantum(settings), prompt_gate=safety.prompt,
                 credentials=credentials, payload_of=payload_id, min_side=WATERMARK_MIN_SIDE, rules=safety.rules,
                 pseudonym=lambda user_id: pseudonym(privacy_key, user_id),
             )  # fmt: skip
             try:
-                await service.start()  # every process with a worker first resumes unfinished jobs
+                await service.start()  # every process that dispatches first resumes unfinished jobs
                 yield service
             finally:
                 await service.aclose()

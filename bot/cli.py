@@ -10,14 +10,16 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bot import __version__, cli_safety, cli_verify
-from bot.app import open_service
+from bot.app import open_service, serve_worker
 from bot.cli_base import Parser, UsageError
 from bot.config import Settings
 from bot.errors import BotError, InvalidRequestError, UserFacingError
@@ -75,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     dashboard.add_argument("--base-url", help="the URL moderators reach it at (default http://HOST:PORT)")
     dashboard.add_argument("--local", action="store_true", help='print an admin login link for guild "local"')
+    worker = commands.add_parser("worker", help="serve the bot's jobs from Redis on this (GPU) machine")
+    worker.add_argument("--redis", metavar="URL", help="the bot's Redis (default: $IMAGINEBOT_REDIS_URL)")
+    worker.add_argument(
+        "--model", action="append", help="a model to serve; repeat for more (default: $IMAGINEBOT_MODEL)"
+    )
+    worker.add_argument("--max-batch", type=int, metavar="N", help="most images per pipeline call "
+                        "(default: $IMAGINEBOT_MAX_BATCH_IMAGES)")  # fmt: skip
+    worker.add_argument("--name", help="consumer name, unique among live workers (default: HOST-PID)")
     cli_safety.add_parsers(commands)
     cli_verify.add_parsers(commands)
     return parser
@@ -231,8 +241,23 @@ async def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    url = args.redis or (settings.redis_url.get() if settings.redis_url else None)
+    if not url:
+        raise UsageError("--redis: no Redis URL (give --redis URL or set IMAGINEBOT_REDIS_URL)")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError("--redis: must start with redis://, rediss:// or unix://")
+    max_batch = args.max_batch if args.max_batch is not None else settings.max_batch_images
+    if max_batch < 1:
+        raise UsageError(f"--max-batch: {max_batch} must be at least 1")
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    await serve_worker(settings, redis_url=url, models=tuple(dict.fromkeys(args.model or [settings.model])),
+                       max_batch_images=max_batch, name=name)  # fmt: skip
+    return 0
+
+
 COMMANDS = {"generate": _generate, "jobs": _jobs, "resume": _resume, "run": _run, "invite": _invite,
-            "dashboard": _dashboard, **cli_safety.COMMANDS, **cli_verify.COMMANDS}  # fmt: skip
+            "dashboard": _dashboard, "worker": _worker, **cli_safety.COMMANDS, **cli_verify.COMMANDS}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -148,6 +148,18 @@ def _parse_optional_path(name: str, raw: object) -> Path | None:
     return None if raw is None or raw == "" else _parse_path(name, raw)
 
 
+def _parse_port(name: str, raw: object) -> int:
+    """A TCP port; empty or 0 turns the listener off."""
+    return 0 if raw is None or raw == "" else _parse_int(0, 65535)(name, raw)
+
+
+def _parse_redis_url(name: str, raw: object) -> Secret | None:
+    secret = _parse_secret(name, raw)
+    if secret is not None and not secret.get().startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name}: must start with redis://, rediss:// or unix://")  # the value may hold a password
+    return secret
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """How one setting is parsed and documented."""
@@ -203,6 +215,30 @@ FIELDS: dict[str, FieldSpec] = {
         "generated in the data directory's keys/c2pa/.",
     ),
     "c2pa_key": FieldSpec(_parse_optional_path, "PEM private key of c2pa_cert (unencrypted; keep it mode 0600)."),
+    "metrics_port": FieldSpec(
+        _parse_port, "Port of the Prometheus /metrics and /healthz, /readyz endpoints; empty or 0 = off."
+    ),
+    "metrics_host": FieldSpec(
+        _parse_str, "Address the metrics endpoint listens on (0.0.0.0 in a container, so Prometheus can scrape it)."
+    ),
+    "redis_url": FieldSpec(
+        _parse_redis_url,
+        "Redis for GPU workers on other machines (redis://, rediss:// or unix://; `imaginebot worker` serves it); "
+        "empty = generate in this process. Never printed (it may hold a password).",
+    ),
+    "redis_claim_idle_seconds": FieldSpec(
+        _parse_int(1, 86_400),
+        "A job a worker has not touched for this long (it died) is taken over by another live worker.",
+    ),
+    "redis_max_deliveries": FieldSpec(
+        _parse_int(1, 100), "A job delivered to workers more often than this goes to the dead-letter stream and fails."
+    ),
+    "redis_result_ttl_seconds": FieldSpec(
+        _parse_int(10, 604_800), "How long a finished job's images wait in Redis for the bot to take them."
+    ),
+    "worker_heartbeat_seconds": FieldSpec(
+        _parse_int(1, 3600), "How often a worker announces itself; it counts as gone after three missed beats."
+    ),
     "log_level": FieldSpec(_parse_choice("debug", "info", "warning", "error"), "Logging level of the process."),
     "discord_token": FieldSpec(
         _parse_secret, "Discord bot token (also read from DISCORD_TOKEN). Never printed or logged."
@@ -233,6 +269,13 @@ class Settings:
     discord_gateway_url: str | None = None
     c2pa_cert: Path | None = None
     c2pa_key: Path | None = None
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    redis_url: Secret | None = None
+    redis_claim_idle_seconds: int = 60
+    redis_max_deliveries: int = 3
+    redis_result_ttl_seconds: int = 3600
+    worker_heartbeat_seconds: int = 5
     log_level: str = "warning"
     discord_token: Secret | None = None
 

@@ -2,9 +2,10 @@
 
 The path of a request: :meth:`ImagineService.submit` validates caps, stores the job as ``queued``
 (nothing accepted is ever lost), and hands it to the fair scheduler. One dispatcher task pops
-batches of compatible jobs in fair order, marks them ``running``, awaits the worker (generate →
-safety → mark on the worker thread), writes the images, stores outputs and verdicts, and moves
-each job to its final state. On start, jobs a crash left ``queued`` or ``running`` are resumed.
+batches of compatible jobs in fair order, as many at once as the runner has capacity for
+(:mod:`bot.runner`: the in-process worker thread, or remote workers through Redis), marks them
+``running``, awaits the runner (generate → safety → mark), writes the images, stores outputs and
+verdicts, and moves each job to its final state. On start, jobs a crash left ``queued`` or ``running`` are resumed.
 """
 
 from __future__ import annotations
@@ -35,17 +36,22 @@ from bot.guild_config import GuildConfig, GuildConfigStore
 from bot.jobs import ACTIVE_STATES, SOURCE_MISSING, SOURCE_UNREADABLE, Job, JobRequest, JobState
 from bot.outputs import ImageStore, StoredImage, encode_png, make_grid, make_preview
 from bot.records import OutputRecord, VerdictRecord
+from bot.runner import Runner
 from bot.scheduler import FairScheduler, QueuedJob
 from bot.storage import Storage
 from bot.throughput import ThroughputMeter
 from models.types import GenerationRequest, StepProgress, Verdict
-from models.worker import JobOutcome, OutcomeKind, Worker
+from models.worker import JobOutcome, OutcomeKind
 from safety.credentials import CredentialFields
 from safety.fingerprint import perceptual_hash
 from safety.policy import CheckContext
 from safety.prompt_filter import PromptCategory
 
 logger = logging.getLogger(__name__)
+
+# How often a dispatcher with queued jobs and no free capacity looks again (remote capacity comes back
+# with a worker's heartbeat, which sends no event of ours).
+CAPACITY_POLL_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -140,12 +146,13 @@ def to_queued(job: Job) -> QueuedJob:
 
 
 class ImagineService:
-    """Owns the scheduler and the dispatcher; the storage and worker are given to it.
+    """Owns the scheduler and the dispatcher; the storage and runner are given to it.
 
     Args:
         settings: the process settings.
         storage: an open :class:`Storage`.
-        worker: a started :class:`Worker`.
+        runner: runs batches: a started in-process :class:`~models.worker.Worker`, or a
+            :class:`~bot.remote.RedisRunner` that sends them to worker processes (see :mod:`bot.runner`).
         store: where output images are written.
         quantum: scheduler cost per turn (see :mod:`bot.scheduler`).
         prompt_gate: judges prompts before they are queued; None when the prompt stage is off.
@@ -163,7 +170,7 @@ class ImagineService:
         self,
         settings: Settings,
         storage: Storage,
-        worker: Worker,
+        runner: Runner,
         store: ImageStore,
         *,
         quantum: int,
@@ -184,7 +191,7 @@ class ImagineService:
         self.settings = settings
         self.storage = storage
         self.guild_configs = GuildConfigStore(storage, settings)  # one store: its cache sees every change
-        self._worker = worker
+        self._runner = runner
         self._store = store
         self._scheduler = FairScheduler(
             quantum=quantum, per_user_cap=settings.per_user_cap, per_guild_cap=settings.per_guild_queue_cap
@@ -387,7 +394,7 @@ class ImagineService:
 
     async def preload(self, model: str) -> None:
         """Load a model on the worker now, so a bad model fails before any job is accepted."""
-        await self._worker.preload(model)
+        await self._runner.preload(model)
 
     async def cancel(self, job_id: str, *, actor_id: str | None = None) -> Job:
         """Cancel a queued job now, or ask the worker to stop a running one.
@@ -398,7 +405,7 @@ class ImagineService:
         """
         job = await self.storage.get_job(job_id)
         if job.state is JobState.RUNNING or job_id in self._running:
-            self._worker.cancel(job_id)  # the dispatcher records the cancellation when the batch returns
+            self._runner.cancel(job_id)  # the dispatcher records the cancellation when the batch returns
         elif job.state is JobState.QUEUED:
             self._scheduler.remove(job_id)
             job = await self.storage.transition(job_id, JobState.CANCELLED, detail=f"cancelled by {actor_id}")
@@ -435,22 +442,60 @@ class ImagineService:
     def queued(self) -> int:
         return len(self._scheduler)
 
+    @property
+    def outage(self) -> str | None:
+        """Why jobs cannot start now (remote workers unreachable), in words for users; None when all is well.
+
+        Jobs are still accepted and kept meanwhile; they start when the runner is back."""
+        return self._runner.outage
+
     # --- dispatch ---
 
     async def _dispatch_forever(self) -> None:
-        while True:
+        """Keep up to ``runner.capacity()`` batches in flight, popped in fair order (credit-based)."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._wait_for_work(starved=bool(self._scheduler) and len(in_flight) >= self._capacity())
+                while len(in_flight) < self._capacity() and (
+                    batch := self._scheduler.pop_batch(self.settings.max_batch_images)
+                ):
+                    task = asyncio.create_task(self._dispatch(batch), name="imaginebot-batch")
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(lambda _: self._wakeup.set())  # a credit is free again
+        finally:  # shutdown: abandon what is in flight; the jobs are resumed from storage on the next start
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _capacity(self) -> int:
+        try:
+            return self._runner.capacity()
+        except Exception:  # a broken runner must not stop dispatching for good
+            logger.exception("runner capacity failed")
+            return 0
+
+    async def _wait_for_work(self, *, starved: bool) -> None:
+        """Wait for a submit or a finished batch; poll while jobs wait for capacity that may come back
+        (a remote worker's heartbeat, Redis returning) without an event of ours."""
+        if not starved:
             await self._wakeup.wait()
-            self._wakeup.clear()
-            while batch := self._scheduler.pop_batch(self.settings.max_batch_images):
-                try:
-                    await self._run_batch(batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # keep dispatching; the jobs stay recoverable in storage
-                    logger.exception("batch %s crashed", [q.job_id for q in batch])
-                finally:
-                    for queued in batch:
-                        self._scheduler.finish(queued.job_id)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), CAPACITY_POLL_SECONDS)
+        self._wakeup.clear()
+
+    async def _dispatch(self, batch: Sequence[QueuedJob]) -> None:
+        try:
+            await self._run_batch(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # keep dispatching; the jobs stay recoverable in storage
+            logger.exception("batch %s crashed", [q.job_id for q in batch])
+        finally:
+            for queued in batch:
+                self._scheduler.finish(queued.job_id)
 
     async def _run_batch(self, batch: Sequence[QueuedJob]) -> None:
         jobs = []
@@ -476,7 +521,7 @@ class ImagineService:
         if not jobs:
             return
         try:
-            outcomes = await self._worker.run(requests, on_progress=self._on_progress)
+            outcomes = await self._runner.run(requests, on_progress=self._on_progress)
         except Exception as exc:
             logger.exception("worker failed a batch")
             outcomes = [JobOutcome(job.id, OutcomeKind.FAILED, error=f"{type(exc).__name__}: {exc}") for job in jobs]

@@ -86,6 +86,12 @@ class JobOutcome:
     images: tuple[ImageOutcome, ...] = ()
     error: str | None = None
     timings: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    retryable: bool = False  # failed for want of memory (CUDA OOM): a smaller batch may succeed
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """``torch.cuda.OutOfMemoryError`` / ``torch.OutOfMemoryError``, recognised without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError"
 
 
 def output_id(job_id: str, index: int) -> str:
@@ -166,6 +172,15 @@ class Worker:
         self._queue.put(call)
         await done
 
+    def capacity(self) -> int:
+        """Batches that may run at once: one thread owns torch, so one (none once closed)."""
+        return 0 if self._closed else 1
+
+    @property
+    def outage(self) -> str | None:
+        """Why no batch can be dispatched now; an in-process worker is never unreachable."""
+        return None
+
     def cancel(self, job_id: str) -> None:
         """Ask the worker to drop a request; checked between denoising steps. Thread-safe."""
         with self._cancel_lock:
@@ -235,8 +250,8 @@ class Worker:
                 timings["generate"] = time.perf_counter() - t1
             except Exception as exc:
                 logger.exception("generation failed for %s", [r.job_id for r in live])
-                error = f"{type(exc).__name__}: {exc}"
-                return [JobOutcome(r.job_id, OutcomeKind.FAILED, error=error) for r in requests]
+                error, retry = f"{type(exc).__name__}: {exc}", is_out_of_memory(exc)
+                return [JobOutcome(r.job_id, OutcomeKind.FAILED, error=error, retryable=retry) for r in requests]
             results = {g.job_id: g for g in generated}
         outcomes = []
         for request in requests:

@@ -20,6 +20,7 @@ from bot.chat.settings import SettingsCog
 from bot.chat.verify import VerifyCog
 from bot.config import Settings
 from bot.errors import ConfigError, UserFacingError
+from bot.observability import start_observability
 from safety.gallery import ProtectedGallery
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class ImagineBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         service = await self._resources.enter_async_context(open_service(self.settings))
+        # /metrics, /healthz, /readyz when IMAGINEBOT_METRICS_PORT is set (None otherwise); ready once the gateway is.
+        self.observability = await self._resources.enter_async_context(
+            start_observability(self.settings, service, ready=self.is_ready)
+        )
         await self.add_cog(ImagineCog(self, service))
         await self.add_cog(SettingsCog(self, service))
         verifier = await asyncio.to_thread(open_verifier, self.settings, service.storage)

@@ -156,6 +156,7 @@ class ImagineCog(commands.Cog):
                   for p in places]  # fmt: skip
         more = f"\n…and {total - len(places)} more" if total > len(places) else ""
         text += f"\n**This server: {total} waiting**" + ("\n" + "\n".join(server) + more if server else "")
+        text += f"\n⚠️ {self.service.outage}" if self.service.outage else ""
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="cancel")

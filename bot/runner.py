@@ -1,0 +1,46 @@
+"""The seam between the service's dispatcher and whatever runs batches: the ``Runner`` protocol.
+
+Two runners exist. ``models.worker.Worker`` runs batches on a thread of this process (the embedded
+default, capacity 1); ``bot.remote.RedisRunner`` sends them to worker processes on other machines
+through Redis Streams (capacity = the free slots the live workers announce). Either way a batch
+comes back as the same ``JobOutcome`` values, so recording and posting have one code path.
+
+Credit-based dispatch: the dispatcher keeps at most ``capacity()`` batches in flight and pops the
+next batch from the fair scheduler only when one finishes, so the per-guild fair order is the
+execution order and nothing piles up in a remote queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from models.types import GenerationRequest, StepProgress
+from models.worker import JobOutcome
+
+
+class Runner(Protocol):
+    """Runs batches of compatible requests: generate -> safety -> mark, somewhere."""
+
+    def capacity(self) -> int:
+        """How many batches may be in flight at once right now (0: none can be dispatched)."""
+        ...
+
+    @property
+    def outage(self) -> str | None:
+        """A user-facing sentence while batches cannot be dispatched (workers unreachable), else None."""
+        ...
+
+    async def run(
+        self, requests: Sequence[GenerationRequest], on_progress: Callable[[StepProgress], None] | None = None
+    ) -> list[JobOutcome]:
+        """One outcome per request, in order; ``on_progress`` is called on the event loop."""
+        ...
+
+    def cancel(self, job_id: str) -> None:
+        """Ask for a running job to stop; its outcome then comes back ``CANCELLED``."""
+        ...
+
+    async def preload(self, model: str) -> None:
+        """Load ``model`` now where that is this process's job (a no-op for remote workers)."""
+        ...
