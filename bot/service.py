@@ -443,6 +443,11 @@ class ImagineService:
         return len(self._scheduler)
 
     @property
+    def runner(self) -> Runner:
+        """What batches are dispatched to: the in-process worker or the Redis transport."""
+        return self._runner
+
+    @property
     def outage(self) -> str | None:
         """Why jobs cannot start now (remote workers unreachable), in words for users; None when all is well.
 

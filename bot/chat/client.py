@@ -21,6 +21,7 @@ from bot.chat.verify import VerifyCog
 from bot.config import Settings
 from bot.errors import ConfigError, UserFacingError
 from bot.observability import start_observability
+from bot.remote.runner import RedisRunner
 from safety.gallery import ProtectedGallery
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,12 @@ class ImagineBot(commands.AutoShardedBot):
         service = await self._resources.enter_async_context(open_service(self.settings))
         # /metrics, /healthz, /readyz when IMAGINEBOT_METRICS_PORT is set (None otherwise); ready once the gateway is.
         self.observability = await self._resources.enter_async_context(
-            start_observability(self.settings, service, ready=self.is_ready)
+            start_observability(
+                self.settings,
+                service,
+                ready=self.is_ready,
+                probes=[service.runner] if isinstance(service.runner, RedisRunner) else [],
+            )
         )
         await self.add_cog(ImagineCog(self, service))
         await self.add_cog(SettingsCog(self, service))

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from bot.observability import StreamStats, TransportStats, WorkerBeat
 from bot.remote.wire import (
     GROUP,
     Fields,
@@ -306,6 +307,33 @@ class RedisRunner:
             self._went_down(exc)
         finally:
             self._checked = True
+
+    async def transport_stats(self) -> TransportStats:
+        """Stream lag and pending counts per model stream, and the live workers (``bot.observability``'s
+        ``TransportProbe``). A heartbeat's age comes from its key's remaining time to live."""
+        workers = await self._read_heartbeats()
+        ttl_ms = max(1, int(self.config.heartbeat_seconds * 3000))  # what RemoteWorker sets
+        now = time.time()
+        beats = []
+        for w in workers:
+            left = await self._redis.pttl(self._keys.worker(w.name))
+            age = max(0.0, (ttl_ms - left) / 1000) if left and left > 0 else 0.0
+            beats.append(WorkerBeat(w.name, now - age, w.capacity, int(w.busy), w.models))
+        streams = []
+        for model in sorted({m for w in workers for m in w.models} | {self._model_of(s) for s in self._groups}):
+            stream = self._keys.stream(model)
+            try:
+                groups = await self._redis.xinfo_groups(stream)
+            except ResponseError:  # no such stream yet
+                continue
+            for g in groups:
+                name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+                lag = g.get("lag")
+                streams.append(StreamStats(stream, name, None if lag is None else int(lag), int(g["pending"])))
+        return TransportStats(tuple(streams), tuple(beats))
+
+    def _model_of(self, stream: str) -> str:
+        return stream.removeprefix(self._keys.stream(""))
 
     async def _read_heartbeats(self) -> tuple[WorkerInfo, ...]:
         names = [key async for key in self._redis.scan_iter(match=self._keys.workers_pattern, count=100)]

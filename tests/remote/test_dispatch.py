@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.jobs import JobState
+from bot.remote.runner import RedisRunner
 from bot.remote.wire import GROUP, Keys, WorkerInfo, encode_outcome
 from bot.service import JobUpdate
 from models.types import GenerationRequest
@@ -240,3 +241,17 @@ async def test_progress_messages_reach_only_the_jobs_in_flight(tmp_path: Path, r
 
 def _unused(request: GenerationRequest) -> None:  # keeps the import for type checkers of the fakes
     del request
+
+
+async def test_transport_stats_report_streams_and_workers(tmp_path: Path, redis_server: RedisServer) -> None:
+    async with bot(tmp_path, redis_server) as service, remote_worker(redis_server, FakeGenerator(), "w1"):
+        job = await service.submit(req())
+        await asyncio.wait_for(service.wait(job.id), 10)
+        runner = service.runner
+        assert isinstance(runner, RedisRunner)
+        stats = await runner.transport_stats()
+        [beat] = stats.workers
+        assert beat.worker_id == "w1" and beat.capacity == 1 and beat.models == ("fake",)
+        assert 0 <= time.time() - beat.seen_at < 30
+        [stream] = stats.streams
+        assert (stream.stream, stream.group, stream.lag, stream.pending) == (KEYS.stream("fake"), GROUP, 0, 0)
