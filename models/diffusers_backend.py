@@ -1,8 +1,14 @@
 """The diffusers backend: a :class:`~models.types.Generator` over any text-to-image pipeline.
 
 Targets SD-Turbo, SD 1.5, SDXL and SDXL-Turbo (anything ``AutoPipelineForText2Image`` can load),
-plus the bundled tiny model (:mod:`models.tiny`). Every image gets its own ``torch.Generator``, so
-an image depends on its prompt and seed alone, never on the batch it ran in.
+plus the bundled tiny and demo models (:mod:`models.tiny`, :mod:`models.train_demo`). Every image
+gets its own ``torch.Generator``, so an image depends on its prompt and seed alone, never on the
+batch it ran in.
+
+A model with a native side (``ModelPreset.native_side``: trained at one small size) is run at that
+side, keeping the request's aspect, and its images are resized (Lanczos) to the requested size;
+image-to-image inputs are brought down to the native size first. Every other model draws at the
+requested size directly.
 
 diffusers' own safety checker and SDXL's own watermark are switched off: the bot judges and marks
 every image itself, and neither of diffusers' habits (a bare-bool verdict that blacks the image out,
@@ -24,6 +30,7 @@ from diffusers.pipelines.auto_pipeline import AutoPipelineForImage2Image, AutoPi
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL import Image
 
+from models.catalog import preset_for
 from models.devices import choose_device_and_dtype
 from models.errors import GenerationError, ModelLoadError
 from models.types import (
@@ -58,10 +65,15 @@ class DiffusersGenerator:
     Args:
         pipeline: A loaded text-to-image pipeline, already on its device.
         model_id: The model id or directory the pipeline was loaded from.
+        native_side: Draw at this side and resize to the requested size (see the module docstring);
+            ``None`` draws at the requested size.
     """
 
-    def __init__(self, pipeline: Any, model_id: str) -> None:
+    def __init__(self, pipeline: Any, model_id: str, *, native_side: int | None = None) -> None:
+        if native_side is not None and (native_side <= 0 or native_side % 8):
+            raise ValueError(f"native_side {native_side} must be a positive multiple of 8")
         self._pipe = pipeline
+        self._native_side = native_side
         self._img2img: Any = None  # built on first use, sharing every component with _pipe
         self._model_id = model_id
         self._lock = threading.Lock()
@@ -75,6 +87,7 @@ class DiffusersGenerator:
         device: str | None = None,
         dtype: torch.dtype | None = None,
         local_files_only: bool = True,
+        native_side: int | None = None,
     ) -> DiffusersGenerator:
         """Load a text-to-image pipeline from a hub id or a local directory.
 
@@ -83,6 +96,8 @@ class DiffusersGenerator:
             device: Target device; see :func:`choose_device_and_dtype`.
             dtype: Target precision; see :func:`choose_device_and_dtype`.
             local_files_only: Never reach the hub, use local files or the cache only.
+            native_side: The side the model draws at; ``None`` takes the model's preset
+                (:func:`models.catalog.preset_for`), which has none for most models.
 
         Returns:
             A generator whose :attr:`model_id` is ``model``.
@@ -113,12 +128,17 @@ class DiffusersGenerator:
         except Exception as exc:  # any failure while loading weights is a load error, cause kept
             raise ModelLoadError(f"could not load model {model!r}: {exc}") from exc
         logger.info("loaded %s (%s) on %s as %s", model, type(pipeline).__name__, torch_device, torch_dtype)
-        return cls(pipeline, model)
+        return cls(pipeline, model, native_side=native_side or preset_for(model).native_side)
 
     @property
     def model_id(self) -> str:
         """The model id or directory this generator was loaded from."""
         return self._model_id
+
+    @property
+    def native_side(self) -> int | None:
+        """The side this model draws at before resizing, or ``None`` (it draws at the requested size)."""
+        return self._native_side
 
     @property
     def device(self) -> torch.device:
@@ -214,19 +234,31 @@ class DiffusersGenerator:
             "output_type": "pil",
             "callback_on_step_end": on_step_end,
         }
+        width, height = self._drawing_size(key.width, key.height)
         with self._lock, torch.inference_mode():
             if key.strength is None:
-                pipe, kwargs["width"], kwargs["height"] = self._pipe, key.width, key.height
+                pipe, kwargs["width"], kwargs["height"] = self._pipe, width, height
             else:  # image-to-image takes its size from the init images
                 pipe, kwargs["strength"] = self._image_to_image(), key.strength
-                kwargs["image"] = [r.init_image for r in requests for _ in r.seeds]
+                kwargs["image"] = [_resized(r.init_image, width, height) for r in requests for _ in r.seeds]
             try:
                 output = pipe(**kwargs)
             except Exception as exc:
                 raise GenerationError(f"model {self._model_id!r} failed on jobs {list(job_ids)}: {exc}") from exc
-        flat: list[Image.Image] = list(output.images)
+        flat = [_resized(image, key.width, key.height) for image in output.images]
         bounds = list(accumulate((len(r.seeds) for r in requests), initial=0))
         return [tuple(flat[start:end]) for start, end in pairwise(bounds)]
+
+    def _drawing_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the pipeline draws at: the request's, or the native side keeping the aspect."""
+        if self._native_side is None:
+            return width, height
+        scale = self._native_side / max(width, height)
+
+        def fit(side: int) -> int:
+            return max(8, round(side * scale / 8) * 8)
+
+        return fit(width), fit(height)
 
     def _image_to_image(self) -> Any:
         """The image-to-image pipeline of this model, sharing every weight with the loaded one.
@@ -241,3 +273,11 @@ class DiffusersGenerator:
                 raise GenerationError(f"model {self._model_id!r} cannot vary or upscale images: {exc}") from exc
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
+
+
+def _resized(image: Image.Image | None, width: int, height: int) -> Image.Image:
+    if image is None:
+        raise ValueError("an image-to-image request has no init image")
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)

@@ -1,0 +1,95 @@
+"""A two-step training run saves, resumes, exports and loads like any diffusers model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from models import catalog
+from models.diffusers_backend import DiffusersGenerator
+from models.errors import ModelLoadError
+from models.train_demo import TrainConfig, Trainer
+from models.types import GenerationRequest
+
+_TINY = TrainConfig(vae_steps=2, vae_batch=2, unet_steps=2, batch=2, pool=4, warmup=1, scale_samples=4)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trainer, Path]:
+    out = tmp_path_factory.mktemp("demo-train")
+    trainer = Trainer(_TINY, out)
+    trainer.train_vae(every_s=float("inf"))
+    trainer.train_unet(every_s=float("inf"))
+    return trainer, trainer.export(out / "model")
+
+
+def test_training_checkpoints_and_resumes(trained: tuple[Trainer, Path]) -> None:
+    trainer, _ = trained
+    assert (trainer.vae_step, trainer.unet_step) == (2, 2)
+    assert trainer.scaling_factor != 0.18215  # measured on the trained VAE
+    again = Trainer(_TINY, trainer.out)
+    again.load()
+    assert (again.vae_step, again.unet_step, again.scaling_factor) == (2, 2, trainer.scaling_factor)
+    for name, tensor in trainer.ema_unet.state_dict().items():
+        assert torch.equal(tensor, again.ema_unet.state_dict()[name])
+    with pytest.raises(ValueError, match="was made with"):
+        Trainer(TrainConfig(seed=1, vae_steps=2, unet_steps=2, pool=4), trainer.out).load()
+
+
+def test_export_loads_through_diffusers_and_draws_at_native_size(trained: tuple[Trainer, Path]) -> None:
+    _, model = trained
+    weights = sum(p.stat().st_size for p in model.rglob("*.safetensors"))
+    assert weights <= 25 * 2**20
+    pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.vae_scale_factor == 4
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    image = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, negative_prompt="blue",
+                 generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
+    assert image.size == (64, 64)
+
+
+def test_generator_draws_natively_and_resizes_for_display(trained: tuple[Trainer, Path]) -> None:
+    _, model = trained
+    generator = DiffusersGenerator.from_pretrained(str(model), device="cpu", native_side=64)
+    request = GenerationRequest("j1", "a red circle", "", (1, 2), 256, 256, 2, 3.0, str(model))
+    (result,) = generator.generate([request])
+    assert generator.native_side == 64
+    assert [image.size for image in result.images] == [(256, 256)] * 2
+    again = generator.generate([request])[0].images[0]
+    assert again.tobytes() == result.images[0].tobytes()  # seeds reproduce
+
+
+def test_catalog_knows_the_demo_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    preset = catalog.preset_for("builtin:demo")
+    assert preset.native_side == 64 and min(preset.width, preset.height) >= 192
+    assert catalog.preset_for(str(catalog.DEMO_DIR)) == preset
+    assert catalog.preset_for("builtin:tiny").native_side is None
+    monkeypatch.setattr(catalog, "DEMO_DIR", tmp_path / "absent")
+    with pytest.raises(ModelLoadError, match="train_demo"):
+        catalog.resolve("builtin:demo", tmp_path)
+
+
+def test_builtin_demo_resolves_to_its_directory(trained: tuple[Trainer, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, model = trained
+    monkeypatch.setattr(catalog, "DEMO_DIR", model.resolve())
+    assert catalog.resolve("builtin:demo", model.parent) == str(model.resolve())
+    assert catalog.preset_for(str(model)).native_side == 64  # what the generator is loaded from
+
+
+def test_native_side_keeps_the_aspect_and_resizes_image_to_image_too(tiny_model_dir: Path) -> None:
+    base = DiffusersGenerator.from_pretrained(str(tiny_model_dir), device="cpu")
+    assert base.native_side is None  # the tiny model's preset draws at the requested size
+    generator = DiffusersGenerator(base._pipe, str(tiny_model_dir), native_side=64)
+    wide = GenerationRequest("w", "a red circle", "", (1,), 256, 192, 1, 1.0, "builtin:tiny")
+    (image,) = generator.generate([wide])[0].images
+    assert image.size == (256, 192)
+    vary = GenerationRequest(
+        "v", "a red circle", "", (2,), 256, 192, 2, 1.0, "builtin:tiny", init_image=image, strength=0.5
+    )
+    assert generator.generate([vary])[0].images[0].size == (256, 192)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        DiffusersGenerator(base._pipe, "x", native_side=60)
