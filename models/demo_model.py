@@ -20,10 +20,10 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.demo_data import SIDE
-from models.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, load_clip_tokenizer
+from models.tokenizer import clip_text_encoder, load_clip_tokenizer
 
 LATENT_SIDE = SIDE // 4
 TEXT_WIDTH = 64
@@ -68,19 +68,7 @@ def build_unet() -> UNet2DConditionModel:
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=TEXT_WIDTH * 4,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        layer_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config)
+    return clip_text_encoder(tokenizer, width=TEXT_WIDTH, intermediate=TEXT_WIDTH * 4, layers=4, heads=4)
 
 
 def training_scheduler() -> DDPMScheduler:

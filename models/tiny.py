@@ -24,9 +24,9 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from models.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, load_clip_tokenizer
+from models.tokenizer import clip_text_encoder, load_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +67,7 @@ def _vae() -> AutoencoderKL:
 
 
 def _text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=_HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        layer_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config)
+    return clip_text_encoder(tokenizer, width=_HIDDEN, intermediate=37, layers=5, heads=4)
 
 
 def _scheduler() -> EulerDiscreteScheduler:

@@ -18,7 +18,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from transformers import CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +105,22 @@ def load_clip_tokenizer() -> CLIPTokenizer:
         )
     logger.debug("loaded CLIP tokenizer with %d tokens", len(tokenizer))
     return tokenizer
+
+
+def clip_text_encoder(
+    tokenizer: CLIPTokenizer, *, width: int, intermediate: int, layers: int, heads: int
+) -> CLIPTextModel:
+    """A freshly initialised ``CLIPTextModel`` over this tokenizer's vocabulary and special tokens."""
+    config = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=width,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        layer_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)

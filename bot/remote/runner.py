@@ -312,7 +312,7 @@ class RedisRunner:
         """Stream lag and pending counts per model stream, and the live workers (``bot.observability``'s
         ``TransportProbe``). A heartbeat's age comes from its key's remaining time to live."""
         workers = await self._read_heartbeats()
-        ttl_ms = max(1, int(self.config.heartbeat_seconds * 3000))  # what RemoteWorker sets
+        ttl_ms = self.config.heartbeat_ttl_ms
         now = time.time()
         beats = []
         for w in workers:

@@ -64,6 +64,11 @@ class RemoteConfig:
     def keys(self) -> Keys:
         return Keys(self.prefix)
 
+    @property
+    def heartbeat_ttl_ms(self) -> int:
+        """How long a worker's heartbeat key lives: three beats."""
+        return max(1, int(self.heartbeat_seconds * 3000))
+
 
 @dataclass(frozen=True)
 class Keys:

@@ -270,7 +270,7 @@ class RemoteWorker:
         return WorkerInfo(self.name, 1, self.models, self._max_batch, self._loaded, self._busy)
 
     async def _heartbeat(self) -> None:
-        ttl_ms = max(1, int(self.config.heartbeat_seconds * 3000))
+        ttl_ms = self.config.heartbeat_ttl_ms
         while True:
             try:
                 await self._redis.set(self._keys.worker(self.name), self.info().to_json(), px=ttl_ms)
