@@ -222,8 +222,6 @@ async def serve_worker(
     async with open_worker(settings, safety, create_keys=False) as worker:
         await worker.preload(models[0])  # a bad model fails here, before any job is taken
         redis = Redis.from_url(redis_url, decode_responses=False, socket_connect_timeout=2, socket_timeout=10)
-        remote = RemoteWorker(redis, worker, remote_config(settings), name=name, models=models,
-                              max_batch_images=max_batch_images)  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -237,7 +235,10 @@ async def serve_worker(
                 return False
 
         try:
-            async with start_worker_observability(settings, ready=redis_answers):  # /healthz for the image
+            async with start_worker_observability(settings, ready=redis_answers) as obs:  # /healthz for the image
+                remote = RemoteWorker(redis, worker, remote_config(settings), name=name, models=models,
+                                      max_batch_images=max_batch_images,
+                                      metrics=obs.metrics if obs is not None else None)  # fmt: skip
                 await remote.serve(stop)
         finally:
             await redis.aclose()

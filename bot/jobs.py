@@ -80,6 +80,17 @@ UPSCALE_FACTOR = 2
 SOURCE_MISSING = "the image it starts from is no longer available"
 SOURCE_UNREADABLE = "the image it starts from could not be read"
 SOURCE_ERRORS = frozenset({SOURCE_MISSING, SOURCE_UNREADABLE})
+# Why remote image workers gave a job up (bot.remote.worker); shown to the user as they are.
+WORKERS_GAVE_UP = (
+    "the image workers gave up on it after {n} tries (a worker crashed or stopped while making it each time)"
+)
+WORKERS_COULD_NOT_READ = "the image workers could not read it ({reason})"
+_SHOWN_PREFIX = "the image workers "
+
+
+def shown_error(error: str | None) -> bool:
+    """Whether a failed job's error is meant for its requester (else it is internal: "try again")."""
+    return error is not None and (error in SOURCE_ERRORS or error.startswith(_SHOWN_PREFIX))
 
 
 def steps_for(steps: int, strength: float) -> int:

@@ -1,13 +1,14 @@
 """The seam between the service's dispatcher and whatever runs batches: the ``Runner`` protocol.
 
 Two runners exist. ``models.worker.Worker`` runs batches on a thread of this process (the embedded
-default, capacity 1); ``bot.remote.RedisRunner`` sends them to worker processes on other machines
-through Redis Streams (capacity = the free slots the live workers announce). Either way a batch
-comes back as the same ``JobOutcome`` values, so recording and posting have one code path.
+default, one batch at a time); ``bot.remote.RedisRunner`` sends them to worker processes on other
+machines through Redis Streams (as many as the live workers announce slots for, per model). Either
+way a batch comes back as the same ``JobOutcome`` values, so recording and posting have one code path.
 
-Credit-based dispatch: the dispatcher keeps at most ``capacity()`` batches in flight and pops the
-next batch from the fair scheduler only when one finishes, so the per-guild fair order is the
-execution order and nothing piles up in a remote queue.
+Credit-based dispatch: the dispatcher asks ``can_start(model, in_flight)`` before it pops a batch
+from the fair scheduler, and pops the next one only when a credit is free, so the per-guild fair
+order is the execution order and nothing piles up in a remote queue. A job whose model has no free
+worker is passed over (its guild waits; see ``bot.scheduler``), never sent to wait in a stream.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from models.worker import JobOutcome
 class Runner(Protocol):
     """Runs batches of compatible requests: generate -> safety -> mark, somewhere."""
 
-    def capacity(self) -> int:
-        """How many batches may be in flight at once right now (0: none can be dispatched)."""
+    def can_start(self, model: str, in_flight: Sequence[str]) -> bool:
+        """Whether a batch for ``model`` may start now, with batches of ``in_flight`` models (one entry
+        per batch) already running here."""
         ...
 
     @property

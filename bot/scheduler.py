@@ -33,6 +33,15 @@ Caps
     may have at most ``per_guild_cap`` jobs queued. :meth:`FairScheduler.restore` bypasses both
     caps: a job that was accepted before a restart is never refused afterwards.
 
+Jobs that cannot start yet
+    :meth:`FairScheduler.pop_batch` may be given ``ready``, a test of a job's batch key (with remote
+    workers: does a worker serving the job's model have a free slot?). A guild whose head is not
+    ready is passed over for this dispatch as if it could not afford its head (a visit to it ends);
+    the others are served in their fair order, so a job for a model no free worker serves holds up
+    only its own guild's queue. Meanwhile the passed-over guild saves no more deficit than its next
+    visit needs to afford that head, so when its model frees up it takes its turn in the ring but
+    does not burst ahead of everyone with what it saved while waiting.
+
 Order prediction
     :meth:`FairScheduler.position`, :meth:`FairScheduler.cost_ahead` and
     :meth:`FairScheduler.snapshot` replay the same DRR steps as :meth:`FairScheduler.pop_batch` on
@@ -52,6 +61,8 @@ from bot.errors import QueueFullError
 from bot.jobs import MAX_IMAGES
 
 HeadCost = Callable[[str], int]
+Ready = Callable[[Hashable], bool]
+_NEVER = 1 << 62  # the head cost a not-ready guild is given while it is passed over
 
 
 @dataclass(frozen=True)
@@ -304,7 +315,7 @@ class FairScheduler:
         self._check_new(job)
         self._enqueue(job)
 
-    def pop_batch(self, max_images: int) -> list[QueuedJob]:
+    def pop_batch(self, max_images: int, ready: Ready | None = None) -> list[QueuedJob]:
         """Dispatch the next job in fair order, with the following ones it can share a batch with.
 
         Following jobs are taken in fair order while they have the first job's key and the batch
@@ -313,24 +324,30 @@ class FairScheduler:
         even if it alone has more than ``max_images`` images. Returned jobs count as running for
         the per-user cap until :meth:`finish`.
 
+        Args:
+            max_images: The most images a batch may have (but see above).
+            ready: Whether a job with this batch key can start now; guilds whose head cannot are
+                passed over for this dispatch (see the module docstring). None: every job can.
+
         Returns:
-            The batch in dispatch order; empty if nothing is queued.
+            The batch in dispatch order; empty if nothing is queued or nothing queued is ready.
 
         Raises:
             ValueError: If ``max_images`` is below 1.
         """
         if max_images < 1:
             raise ValueError(f"max_images: {max_images} must be at least 1")
-        if not self._round.ring:
+        located = self._find(ready)
+        if located is None:
             return []
-        batch = [self._take(*self._round.find(self._head_cost))]
+        batch = [self._take(*located)]
         images = batch[0].images
-        while self._round.ring:
-            index, laps = self._round.find(self._head_cost)
+        while (located := self._find(ready)) is not None:
+            index, _, _ = located
             following = self._queues[self._round.ring[index]][0]
             if following.key != batch[0].key or images + following.images > max_images:
                 break
-            batch.append(self._take(index, laps))
+            batch.append(self._take(*located))
             images += following.images
         return batch
 
@@ -404,12 +421,39 @@ class FairScheduler:
     def _head_cost(self, guild: str) -> int:
         return self._queues[guild][0].cost
 
-    def _take(self, index: int, laps: int) -> QueuedJob:
-        """Dispatch the head located by ``_Round.find`` and move it to running."""
+    def _find(self, ready: Ready | None) -> tuple[int, int, frozenset[str]] | None:
+        """Locate the next dispatch among the guilds whose head is ready; None if there is none."""
+        ring = self._round.ring
+        if not ring:
+            return None
+        if ready is None:
+            return (*self._round.find(self._head_cost), frozenset())
+        waiting = {guild for guild in ring if not ready(self._queues[guild][0].key)}
+        if not waiting:
+            return (*self._round.find(self._head_cost), frozenset())
+        if len(waiting) == len(ring):
+            return None
+        if self._round.visiting and ring[0] in waiting:  # its visit ends; it keeps its deficit
+            self._replay = None
+            ring.rotate(-1)
+            self._round.visiting = False
+        index, laps = self._round.find(lambda guild: _NEVER if guild in waiting else self._head_cost(guild))
+        return index, laps, frozenset(waiting)
+
+    def _take(self, index: int, laps: int, waiting: frozenset[str] = frozenset()) -> QueuedJob:
+        """Dispatch the head located by :meth:`_find` and move it to running.
+
+        The ``waiting`` guilds (passed over: their head is not ready) save no more than their next
+        visit needs to afford their head.
+        """
         self._replay = None
         queue = self._queues[self._round.ring[index]]
         job = queue.popleft()
+        deficit = self._round.deficit
+        before = {guild: deficit[guild] for guild in waiting}
         self._round.charge(index, laps, job.cost)
+        for guild, saved in before.items():
+            deficit[guild] = min(deficit[guild], max(saved, self._head_cost(guild) - self._round.quantum))
         if queue:
             self._round.settle(queue[0].cost)
         else:

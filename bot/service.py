@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -143,6 +143,13 @@ def to_queued(job: Job) -> QueuedJob:
     r = job.request
     key = (r.model, r.width, r.height, r.steps, r.guidance, r.strength)
     return QueuedJob(job.id, r.guild_id, r.user_id, r.cost, r.count, key, job.created_at)
+
+
+def _model_of_key(key: Hashable) -> str:
+    """The model of a :func:`to_queued` batch key (its first element)."""
+    if not isinstance(key, tuple) or not key:
+        raise TypeError(f"not a batch key of to_queued: {key!r}")
+    return str(key[0])
 
 
 class ImagineService:
@@ -457,29 +464,29 @@ class ImagineService:
     # --- dispatch ---
 
     async def _dispatch_forever(self) -> None:
-        """Keep up to ``runner.capacity()`` batches in flight, popped in fair order (credit-based)."""
-        in_flight: set[asyncio.Task[None]] = set()
+        """Start batches in fair order while the runner has a credit for their model (credit-based)."""
+        in_flight: dict[asyncio.Task[None], str] = {}  # batch -> its model
         try:
             while True:
-                await self._wait_for_work(starved=bool(self._scheduler) and len(in_flight) >= self._capacity())
-                while len(in_flight) < self._capacity() and (
-                    batch := self._scheduler.pop_batch(self.settings.max_batch_images)
+                await self._wait_for_work(starved=bool(self._scheduler))
+                while batch := self._scheduler.pop_batch(
+                    self.settings.max_batch_images, ready=lambda key: self._can_start(key, list(in_flight.values()))
                 ):
                     task = asyncio.create_task(self._dispatch(batch), name="imaginebot-batch")
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    in_flight[task] = _model_of_key(batch[0].key)
+                    task.add_done_callback(lambda done: in_flight.pop(done, None))
                     task.add_done_callback(lambda _: self._wakeup.set())  # a credit is free again
         finally:  # shutdown: abandon what is in flight; the jobs are resumed from storage on the next start
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
 
-    def _capacity(self) -> int:
+    def _can_start(self, key: Hashable, in_flight: Sequence[str]) -> bool:
         try:
-            return self._runner.capacity()
+            return self._runner.can_start(_model_of_key(key), in_flight)
         except Exception:  # a broken runner must not stop dispatching for good
-            logger.exception("runner capacity failed")
-            return 0
+            logger.exception("runner can_start failed")
+            return False
 
     async def _wait_for_work(self, *, starved: bool) -> None:
         """Wait for a submit or a finished batch; poll while jobs wait for capacity that may come back

@@ -176,6 +176,10 @@ class Worker:
         """Batches that may run at once: one thread owns torch, so one (none once closed)."""
         return 0 if self._closed else 1
 
+    def can_start(self, model: str, in_flight: Sequence[str]) -> bool:
+        """One batch at a time, of any model (it is loaded when the batch starts)."""
+        return len(in_flight) < self.capacity()
+
     @property
     def outage(self) -> str | None:
         """Why no batch can be dispatched now; an in-process worker is never unreachable."""

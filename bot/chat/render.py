@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bot.jobs import SOURCE_ERRORS, VARIATION_STRENGTH, Job, JobKind, JobRequest, JobState
+from bot.jobs import VARIATION_STRENGTH, Job, JobKind, JobRequest, JobState, shown_error
 
 ASPECTS: dict[str, tuple[int, int]] = {"1:1": (1, 1), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9), "9:16": (9, 16)}
 
@@ -72,7 +72,7 @@ _ENDINGS = {
 
 def ending_text(job: Job, reason: str = "") -> str:
     """What the requester sees when a job ends without a posted result."""
-    if job.state is JobState.FAILED and job.error in SOURCE_ERRORS:
+    if job.state is JobState.FAILED and shown_error(job.error):
         return f"**{_clip(job.request.prompt)}** could not be made: {job.error}."
     template = _ENDINGS.get(job.state, "finished.")
     default = "the safety policy" if job.state is JobState.FLAGGED else "it did not pass."

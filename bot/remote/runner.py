@@ -3,8 +3,10 @@
 ``run`` sends one batch as one stream entry (``XADD`` to the model's stream) and waits for one
 result per job. The rules that make it reliable:
 
-- **Credits.** ``capacity()`` is the sum of the live workers' announced capacity (heartbeat keys
-  that expire); the service keeps no more batches in flight than that, so streams stay shallow.
+- **Credits.** The live workers announce their slots and models (heartbeat keys that expire);
+  ``can_start(model, in_flight)`` says yes only while the batches in flight plus the new one can all
+  be held by workers that serve their models (:func:`slots_suffice`), so streams stay shallow and a
+  job never waits in the stream of a model whose workers are all busy or gone.
 - **Idempotent results.** A result is applied once per job id: the first one resolves the job's
   waiter, anything later (a duplicate ``done``, a second worker's copy) finds no waiter and is
   ignored. Results are deleted once read.
@@ -12,7 +14,7 @@ result per job. The rules that make it reliable:
   for a stored result, so a bot restarted while its jobs ran waits for them instead of re-running.
 - **Nothing lost.** Every poll the runner checks its sent jobs: a job neither in its stream nor
   with a result (Redis restarted without persistence, say) is sent again. While Redis is down
-  ``capacity()`` is 0 and ``outage`` says so; batches in flight keep waiting, and sending retries
+  nothing can start and ``outage`` says so; batches in flight keep waiting, and sending retries
   when Redis is back. Jobs stay ``queued``/``running`` in SQLite all along.
 """
 
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -122,7 +126,11 @@ class RedisRunner:
     # --- the Runner protocol ---
 
     def capacity(self) -> int:
+        """Batches the live workers can hold at once, whatever their models (0 while Redis is down)."""
         return sum(w.capacity for w in self._workers) if self._up.is_set() else 0
+
+    def can_start(self, model: str, in_flight: Sequence[str]) -> bool:
+        return self._up.is_set() and slots_suffice([*in_flight, model], self._workers)
 
     @property
     def outage(self) -> str | None:
@@ -283,7 +291,7 @@ class RedisRunner:
                 await asyncio.sleep(self.config.poll_seconds)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     # --- watching ---
 
@@ -387,3 +395,26 @@ def _by_batch_key(flights: Sequence[_Flight]) -> list[list[_Flight]]:
     for flight in flights:
         groups.setdefault(flight.request.key, []).append(flight)
     return list(groups.values())
+
+
+EXACT_MODELS = 12  # up to this many distinct models in flight, slots_suffice checks every set of them
+
+
+def slots_suffice(batches: Sequence[str], workers: Sequence[WorkerInfo]) -> bool:
+    """Whether ``workers`` can hold all these batches (named by model) at once, each on a worker serving its
+    model, within their announced capacity.
+
+    Hall's condition (Gale's theorem for supplies and demands): for every set of models, the batches of
+    those models fit in the slots of the workers serving any of them. Exact for up to
+    :data:`EXACT_MODELS` distinct models; beyond that only each model alone and the total are checked.
+    """
+    demand = Counter(batches)
+    models = sorted(demand)
+    sizes = range(1, len(models) + 1) if len(models) <= EXACT_MODELS else (1, len(models))
+    for size in sizes:
+        for subset in itertools.combinations(models, size):
+            chosen = set(subset)
+            held = sum(w.capacity for w in workers if chosen.intersection(w.models))
+            if sum(demand[m] for m in subset) > held:
+                return False
+    return True

@@ -16,7 +16,9 @@ safety → mark on its thread), one batch at a time:
 3. **Return** the results in one transaction: the result hashes (with a TTL), ``XACK`` + ``XDEL``
    of the entry, a ``done`` message per job.
 
-A heartbeat key (expiring after three beats) announces its capacity, models and batch limit.
+A heartbeat key (expiring after three beats) announces its capacity, models and batch limit. With a
+``Metrics`` (``imaginebot worker`` with ``IMAGINEBOT_METRICS_PORT``) it counts its pipeline calls, run
+times and verdicts for its own ``/metrics``.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from bot.jobs import WORKERS_COULD_NOT_READ, WORKERS_GAVE_UP
 from bot.remote.runner import ensure_group
 from bot.remote.wire import (
     GROUP,
@@ -46,11 +49,11 @@ from bot.remote.wire import (
 from models.types import GenerationRequest, StepProgress
 from models.worker import JobOutcome, OutcomeKind, Worker
 
+if TYPE_CHECKING:
+    from bot.observability import Metrics
+
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_ERROR = ("dropped after {n} deliveries to the image workers (a worker crashed or stopped while "
-                     "making it each time)")  # fmt: skip
-POISON_ERROR = "the job could not be read by the image workers ({reason})"
 BLOCK_MS = 1000  # how long one XREADGROUP waits for a new entry
 PROGRESS_EVERY = 0.25  # seconds between progress messages of a batch (the last step is always sent)
 
@@ -65,6 +68,7 @@ class RemoteWorker:
         name: this worker's consumer name, unique among live workers.
         models: the models it serves (their streams are the ones it reads).
         max_batch_images: the most images one pipeline call may generate here.
+        metrics: where to count pipeline calls, run times and verdicts (None: nowhere).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class RemoteWorker:
         name: str,
         models: Sequence[str],
         max_batch_images: int,
+        metrics: Metrics | None = None,
     ) -> None:
         if not models:
             raise ValueError("a worker needs at least one model")
@@ -89,6 +94,7 @@ class RemoteWorker:
         self.models = tuple(models)
         self._streams = [self._keys.stream(m) for m in self.models]
         self._max_batch = max_batch_images
+        self._metrics = metrics
         self._busy = False
         self._loaded: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,19 +164,21 @@ class RemoteWorker:
         ids = entry_job_ids(fields)
         if deliveries > self.config.max_deliveries:
             logger.error("entry %s (jobs %s) delivered %d times: dead-lettered", entry_id, ids, deliveries)
-            await self._dead_letter(stream, entry_id, fields, DEAD_LETTER_ERROR.format(n=deliveries - 1))
+            await self._dead_letter(stream, entry_id, fields, WORKERS_GAVE_UP.format(n=deliveries - 1))
             return
         try:
             requests = await asyncio.to_thread(decode_entry, fields)
         except ValueError as exc:
             logger.error("entry %s of %s cannot be decoded: %s", entry_id, stream, exc)
-            await self._dead_letter(stream, entry_id, fields, POISON_ERROR.format(reason=exc))
+            await self._dead_letter(stream, entry_id, fields, WORKERS_COULD_NOT_READ.format(reason=exc))
             return
         keeper = asyncio.create_task(self._keep_ownership(stream, entry_id), name="imaginebot-keep")
         self._busy = True
         try:
             todo = await self._not_yet_done(requests)
+            started = time.monotonic()
             outcomes = await self._run_all(todo) if todo else []
+            self._observe(outcomes, time.monotonic() - started)
         finally:
             self._busy = False
             keeper.cancel()
@@ -211,7 +219,18 @@ class RemoteWorker:
             half = len(requests) // 2
             logger.warning("out of memory with %d jobs; retrying in halves", len(requests))
             return [*await self._run_resilient(requests[:half]), *await self._run_resilient(requests[half:])]
+        if self._metrics is not None:
+            self._metrics.observe_batch(len(requests), sum(len(r.seeds) for r in requests))
         return outcomes
+
+    def _observe(self, outcomes: Sequence[JobOutcome], seconds: float) -> None:
+        """Run time per job (the entry's, as the bot measures a batch) and the verdict of every image."""
+        if self._metrics is None:
+            return
+        for outcome in outcomes:
+            self._metrics.observe_run(seconds)
+            for image in outcome.images:
+                self._metrics.observe_verdict(image.verdict.stage, image.verdict.category, image.verdict.decision)
 
     def _progress_relay(self) -> Callable[[StepProgress], None]:
         last = 0.0
@@ -292,7 +311,7 @@ class RemoteWorker:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coroutine)

@@ -14,7 +14,16 @@ from bot.chat.render import (
     size_for,
     tally_text,
 )
-from bot.jobs import SOURCE_MISSING, VARIATION_STRENGTH, Job, JobRequest, JobState, Requester, variation_request
+from bot.jobs import (
+    SOURCE_MISSING,
+    VARIATION_STRENGTH,
+    WORKERS_GAVE_UP,
+    Job,
+    JobRequest,
+    JobState,
+    Requester,
+    variation_request,
+)
 
 
 def job(prompt: str = "a lighthouse", **options: object) -> Job:
@@ -72,3 +81,8 @@ def test_tally_and_endings() -> None:
     assert "Please try again" in ending_text(failed) and "CUDA" not in ending_text(failed)
     gone = job().moved_to(JobState.FAILED, at=1, error=SOURCE_MISSING)
     assert ending_text(gone) == f"**a lighthouse** could not be made: {SOURCE_MISSING}."
+    dropped = job().moved_to(JobState.FAILED, at=1, error=WORKERS_GAVE_UP.format(n=3))
+    assert ending_text(dropped) == (
+        "**a lighthouse** could not be made: the image workers gave up on it after 3 tries "
+        "(a worker crashed or stopped while making it each time)."
+    )

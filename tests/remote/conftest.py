@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from bot.config import Settings
 from bot.jobs import JobRequest
+from bot.observability import Metrics
 from bot.outputs import ImageStore
 from bot.remote import RedisRunner, RemoteConfig, RemoteWorker
 from bot.service import ImagineService
@@ -106,9 +107,11 @@ def client(server: RedisServer) -> Redis:
     return Redis.from_url(server.url, decode_responses=False, socket_connect_timeout=1, socket_timeout=5)
 
 
-def req(guild: str = "g1", user: str = "u1", *, steps: int = 2, count: int = 1, seed: int = 1) -> JobRequest:
+def req(
+    guild: str = "g1", user: str = "u1", *, steps: int = 2, count: int = 1, seed: int = 1, model: str = "fake"
+) -> JobRequest:
     return JobRequest.create(
-        f"prompt from {guild}", model="fake", steps=steps, width=64, height=64, guidance=1.0, count=count,
+        f"prompt from {guild}", model=model, steps=steps, width=64, height=64, guidance=1.0, count=count,
         seed=seed, guild_id=guild, user_id=user,
     )  # fmt: skip
 
@@ -119,13 +122,22 @@ def fake_worker(generator: FakeGenerator) -> Worker:
 
 @asynccontextmanager
 async def remote_worker(
-    server: RedisServer, generator: FakeGenerator, name: str, config: RemoteConfig = FAST, *, max_batch: int = 4
+    server: RedisServer,
+    generator: FakeGenerator,
+    name: str,
+    config: RemoteConfig = FAST,
+    *,
+    max_batch: int = 4,
+    models: tuple[str, ...] = ("fake",),
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[RemoteWorker]:
-    """A RemoteWorker in this process (FakeGenerator on its thread), serving model "fake" until the block ends."""
+    """A RemoteWorker in this process (FakeGenerator on its thread), serving ``models`` until the block ends."""
     redis = client(server)
     stop = asyncio.Event()
     async with fake_worker(generator) as worker:
-        remote = RemoteWorker(redis, worker, config, name=name, models=["fake"], max_batch_images=max_batch)
+        remote = RemoteWorker(
+            redis, worker, config, name=name, models=models, max_batch_images=max_batch, metrics=metrics
+        )
         task = asyncio.create_task(remote.serve(stop))
         try:
             yield remote

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import JobState
+from bot.chat.render import ending_text
+from bot.jobs import WORKERS_GAVE_UP, JobState
+from bot.observability import Metrics
 from bot.remote.runner import RedisRunner
 from bot.remote.wire import GROUP, Keys, WorkerInfo, encode_outcome
 from bot.service import JobUpdate
@@ -110,7 +112,8 @@ async def test_an_entry_delivered_too_often_is_dead_lettered_and_the_job_fails(
         generator = FakeGenerator()
         async with remote_worker(redis_server, generator, "w1"):
             done = await asyncio.wait_for(service.wait(job.id), 10)
-        assert done.state is JobState.FAILED and "dropped after 3 deliveries" in (done.error or "")
+        assert done.state is JobState.FAILED and done.error == WORKERS_GAVE_UP.format(n=3)
+        assert "gave up on it after 3 tries" in ending_text(done)  # the requester is told why
         assert generator.calls == []  # never run a fourth time
         [(_, dead)] = await redis.xrange(KEYS.dead)
         assert dead[b"ids"] == job.id.encode() and dead[b"stream"] == stream.encode()
@@ -255,3 +258,38 @@ async def test_transport_stats_report_streams_and_workers(tmp_path: Path, redis_
         assert 0 <= time.time() - beat.seen_at < 30
         [stream] = stats.streams
         assert (stream.stream, stream.group, stream.lag, stream.pending) == (KEYS.stream("fake"), GROUP, 0, 0)
+
+
+async def test_a_job_waits_in_the_bot_not_in_a_stream_until_a_worker_serves_its_model(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Credits are per model: a worker of another model does not make a job dispatchable, nor does it
+    hold up other servers' jobs for the model it does serve."""
+    redis = client(redis_server)
+    async with bot(tmp_path, redis_server) as service, remote_worker(redis_server, FakeGenerator(), "w-fake"):
+        await eventually(lambda: service.outage is None)
+        waiting = await service.submit(req("A", "a", model="other"))
+        served = [await service.submit(req("B", f"b{i}")) for i in range(3)]
+        for job in served:
+            assert (await asyncio.wait_for(service.wait(job.id), 10)).state is JobState.DONE
+        assert (await service.storage.get_job(waiting.id)).state is JobState.QUEUED
+        assert await redis.exists(KEYS.stream("other")) == 0  # never sent to wait where nobody reads
+        async with remote_worker(redis_server, FakeGenerator(), "w-other", models=("other",)):
+            assert (await asyncio.wait_for(service.wait(waiting.id), 10)).state is JobState.DONE
+    await redis.aclose()
+
+
+async def test_a_worker_counts_its_batches_run_times_and_verdicts(tmp_path: Path, redis_server: RedisServer) -> None:
+    metrics = Metrics()
+    async with (
+        bot(tmp_path, redis_server, max_batch_images=4) as service,
+        remote_worker(redis_server, FakeGenerator(), "w1", metrics=metrics, max_batch=2),
+    ):
+        await eventually(lambda: service.outage is None)
+        job = await service.submit(req(count=3))
+        assert (await asyncio.wait_for(service.wait(job.id), 10)).state is JobState.DONE
+    text = metrics.render().decode()
+    assert "imaginebot_batch_jobs_count 1.0" in text  # one pipeline call: a 3-image job is its own chunk
+    assert "imaginebot_batch_images_sum 3.0" in text
+    assert "imaginebot_job_run_seconds_count 1.0" in text
+    assert 'imaginebot_verdicts_total{category="none",decision="allow",stage="policy"} 3.0' in text
