@@ -236,11 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save", type=Path, help="write the images (and a contact sheet) here")
+    parser.add_argument("--examples", type=Path, help="only draw the README's example prompts into this PNG")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.examples is not None:
+        examples_sheet(args.model, args.steps, args.guidance, args.seed).save(args.examples)
+        return 0
     targets = eval_scenes(args.count)
     draw = generate_with(args.model, steps=args.steps, guidance=args.guidance, seed=args.seed)
     started = time.monotonic()
@@ -261,6 +265,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.save is not None:
         _save(args.save, targets, images)
     return 0 if result.meets_targets() else 1
+
+
+EXAMPLES = (
+    "a yellow star above a green square, night sky",
+    "a red heart in the centre on a blue background",
+    "blue background with a small white circle at the top left",
+    "a purple triangle on the right, grassy field",
+    "an orange ring below a pink square on a black background",
+    "a blue circle, a yellow star and a red triangle on a plain white background",
+)
+
+
+def examples_sheet(model: str, steps: int, guidance: float, seed: int, side: int = 192) -> Image.Image:
+    """The README's example prompts, drawn through :class:`DiffusersGenerator` at the preset's size, each
+    shown at ``side`` px over its prompt."""
+    from PIL import ImageDraw
+
+    from models.diffusers_backend import DiffusersGenerator
+    from models.types import GenerationRequest
+
+    generator = DiffusersGenerator.from_pretrained(model, device="cpu", native_side=SIDE)
+    requests = [GenerationRequest(f"ex{i}", prompt, "", (seed + i,), 256, 256, steps, guidance, model)
+                for i, prompt in enumerate(EXAMPLES)]  # fmt: skip
+    images = [image for result in generator.generate(requests) for image in result.images]
+    columns, caption = 3, 34
+    sheet = Image.new("RGB", (columns * side, -(-len(images) // columns) * (side + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (prompt, image) in enumerate(zip(EXAMPLES, images, strict=True)):
+        x, y = (index % columns) * side, (index // columns) * (side + caption)
+        sheet.paste(image.resize((side, side), Image.Resampling.LANCZOS), (x, y))
+        words, lines = prompt.split(), [""]
+        for word in words:  # wrap to the tile's width
+            candidate = f"{lines[-1]} {word}".strip()
+            if draw.textlength(candidate) > side - 8 and lines[-1]:
+                lines.append(word)
+            else:
+                lines[-1] = candidate
+        draw.multiline_text((x + 4, y + side + 2), "\n".join(lines[:2]), fill="black", spacing=2)
+    return sheet
 
 
 def _save(directory: Path, targets: list[Scene], images: list[Image.Image]) -> None:
