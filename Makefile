@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch + torchvision (open_clip needs it) come pinned, from this machine's disk where it has them;
 # an unpinned torch would pull the newest CUDA build.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
-PROMPT ?= a lighthouse at dusk
+PROMPT ?= a yellow star above a green square, night sky
 
 .PHONY: install demo test lint typecheck unit slow bench clean
 

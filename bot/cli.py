@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--size", type=parse_size, metavar="WxH", help="image size (default: the model's preset)")
     gen.add_argument("--count", type=int, default=4, help="images per job, 1-4 (default 4)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's preset)")
-    gen.add_argument("--model", help="model id, local directory or builtin:tiny (default: $IMAGINEBOT_MODEL)")
+    gen.add_argument("--model", help="model id, local directory or builtin:demo (default: $IMAGINEBOT_MODEL)")
     gen.add_argument("--out", type=Path, metavar="DIR", help="also copy the images and grid into DIR")
     gen.add_argument("--guild", default="local", help="guild id to queue under (default: local)")
     gen.add_argument("--json", action="store_true", help="print JSON instead of a report")

@@ -172,7 +172,7 @@ FIELDS: dict[str, FieldSpec] = {
     "data_dir": FieldSpec(_parse_path, "Directory for the SQLite database, images, keys and model cache."),
     "model": FieldSpec(
         _parse_str,
-        "Default model: a diffusers model id (e.g. stabilityai/sd-turbo), a local directory, or builtin:tiny.",
+        "Default model: a diffusers model id (e.g. stabilityai/sd-turbo), a local directory, or builtin:demo.",
     ),
     "models": FieldSpec(
         _parse_models,
@@ -251,7 +251,7 @@ class Settings:
     """All configuration of one imaginebot process. Build it with :meth:`load`."""
 
     data_dir: Path = Path("data")
-    model: str = "builtin:tiny"
+    model: str = "builtin:demo"
     models: tuple[str, ...] = ()
     offline: bool = True
     device: str = "auto"

@@ -48,7 +48,7 @@ def test_generated_files_stripped_copies_and_foreign_images(
     kinds = [e["kind"] for e in original["evidence"]]
     assert kinds[:3] == ["c2pa", "signed-metadata", "sha256"] and "perceptual-hash" in kinds
     assert original["c2pa"]["valid"] and original["c2pa"]["ours"]
-    assert original["job"]["model"] == "builtin:tiny" and original["job"]["guild_id"] == "local"
+    assert original["job"]["model"] == "builtin:demo" and original["job"]["guild_id"] == "local"
     assert original["job"]["prompt"] is None  # only for moderators of the guild
     assert grid["ours"] and {e["kind"] for e in grid["evidence"]} >= {"c2pa", "sha256"}
     assert copy["ours"] and copy["job_id"] == record["job_id"]

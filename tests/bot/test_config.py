@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults() -> None:
     s = Settings.load(env={})
-    assert s.model == "builtin:tiny" and s.data_dir == Path("data") and s.discord_token is None
+    assert s.model == "builtin:demo" and s.data_dir == Path("data") and s.discord_token is None
 
 
 def test_env_overrides_toml(tmp_path: Path) -> None:

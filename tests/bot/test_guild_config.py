@@ -24,7 +24,9 @@ from bot.guild_config import (
 from bot.storage import MEMORY, Storage
 from safety.prompt_filter import PromptCategory
 
-SETTINGS = replace(Settings(), per_user_cap=3, per_guild_queue_cap=50, models=("sd-turbo", "builtin:tiny"))
+SETTINGS = replace(
+    Settings(), model="builtin:tiny", per_user_cap=3, per_guild_queue_cap=50, models=("sd-turbo", "builtin:tiny")
+)
 ADMIN = "admin-1"
 
 
@@ -41,7 +43,7 @@ def store(storage: Storage) -> GuildConfigStore:
 
 def test_available_models_start_with_the_default_and_repeat_nothing() -> None:
     assert SETTINGS.available_models == ("builtin:tiny", "sd-turbo")
-    assert Settings().available_models == ("builtin:tiny",)
+    assert Settings().available_models == ("builtin:demo",)
     assert Settings.from_mapping({"models": "a, b,,a"}).models == ("a", "b")
 
 

@@ -41,8 +41,7 @@ def test_training_checkpoints_and_resumes(trained: tuple[Trainer, Path]) -> None
 
 def test_export_loads_through_diffusers_and_draws_at_native_size(trained: tuple[Trainer, Path]) -> None:
     _, model = trained
-    weights = sum(p.stat().st_size for p in model.rglob("*.safetensors"))
-    assert weights <= 25 * 2**20
+    assert sum(p.stat().st_size for p in model.rglob("*") if p.is_file()) <= 25_000_000  # the whole directory
     pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
     assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.vae_scale_factor == 4
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
@@ -93,3 +92,34 @@ def test_native_side_keeps_the_aspect_and_resizes_image_to_image_too(tiny_model_
     assert generator.generate([vary])[0].images[0].size == (256, 192)
     with pytest.raises(ValueError, match="multiple of 8"):
         DiffusersGenerator(base._pipe, "x", native_side=60)
+
+
+def test_the_exported_tokenizer_is_compact_and_tokenizes_like_the_bundled_one(trained: tuple[Trainer, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    from models.tokenizer import load_clip_tokenizer
+
+    _, model = trained
+    exported = AutoTokenizer.from_pretrained(model / "tokenizer")
+    assert (model / "tokenizer" / "tokenizer.json").stat().st_size < 2_000_000
+    captions = ["a yellow star above a green square, night sky", "plain pink background with a small red ring!"]
+    assert exported(captions).input_ids == load_clip_tokenizer()(captions).input_ids
+
+
+def test_training_can_start_from_an_exported_model(trained: tuple[Trainer, Path], tmp_path: Path) -> None:
+    trainer, model = trained
+    config = TrainConfig(vae_steps=2, vae_batch=2, unet_steps=1, batch=2, pool=4, warmup=1, scale_samples=4,
+                         init_from=str(model))  # fmt: skip
+    follow = Trainer(config, tmp_path / "more")
+    assert follow.vae_step == 2 and follow.scaling_factor == trainer.scaling_factor
+    for name, tensor in trainer.ema_unet.state_dict().items():  # the exported EMA, back from fp16
+        assert torch.allclose(follow.unet.state_dict()[name], tensor, atol=1e-2, rtol=1e-2), name
+    vae_before = {k: v.clone() for k, v in follow.vae.state_dict().items()}
+    follow.train_vae(every_s=float("inf"))
+    follow.train_unet(every_s=float("inf"))
+    assert follow.unet_step == 1 and follow.scaling_factor == trainer.scaling_factor
+    assert all(torch.equal(v, follow.vae.state_dict()[k]) for k, v in vae_before.items())  # the VAE is kept
+    again = Trainer(config, tmp_path / "more")
+    again.load()  # the checkpoint remembers where the run started
+    assert again.unet_step == 1
+    assert DiffusionPipeline.from_pretrained(follow.export(tmp_path / "next"), local_files_only=True) is not None
