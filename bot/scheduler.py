@@ -426,11 +426,9 @@ class FairScheduler:
         ring = self._round.ring
         if not ring:
             return None
-        if ready is None:
-            return (*self._round.find(self._head_cost), frozenset())
-        waiting = {guild for guild in ring if not ready(self._queues[guild][0].key)}
+        waiting = frozenset(guild for guild in ring if ready is not None and not ready(self._queues[guild][0].key))
         if not waiting:
-            return (*self._round.find(self._head_cost), frozenset())
+            return (*self._round.find(self._head_cost), waiting)
         if len(waiting) == len(ring):
             return None
         if self._round.visiting and ring[0] in waiting:  # its visit ends; it keeps its deficit
@@ -438,7 +436,7 @@ class FairScheduler:
             ring.rotate(-1)
             self._round.visiting = False
         index, laps = self._round.find(lambda guild: _NEVER if guild in waiting else self._head_cost(guild))
-        return index, laps, frozenset(waiting)
+        return index, laps, waiting
 
     def _take(self, index: int, laps: int, waiting: frozenset[str] = frozenset()) -> QueuedJob:
         """Dispatch the head located by :meth:`_find` and move it to running.

@@ -470,7 +470,7 @@ class ImagineService:
             while True:
                 await self._wait_for_work(starved=bool(self._scheduler))
                 while batch := self._scheduler.pop_batch(
-                    self.settings.max_batch_images, ready=lambda key: self._can_start(key, list(in_flight.values()))
+                    self.settings.max_batch_images, ready=self._ready_for(list(in_flight.values()))
                 ):
                     task = asyncio.create_task(self._dispatch(batch), name="imaginebot-batch")
                     in_flight[task] = _model_of_key(batch[0].key)
@@ -481,12 +481,21 @@ class ImagineService:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
 
-    def _can_start(self, key: Hashable, in_flight: Sequence[str]) -> bool:
-        try:
-            return self._runner.can_start(_model_of_key(key), in_flight)
-        except Exception:  # a broken runner must not stop dispatching for good
-            logger.exception("runner can_start failed")
-            return False
+    def _ready_for(self, in_flight: Sequence[str]) -> Callable[[Hashable], bool]:
+        """The scheduler's ``ready`` test for one pop: asks the runner once per model, not once per guild."""
+        answers: dict[str, bool] = {}
+
+        def ready(key: Hashable) -> bool:
+            try:
+                model = _model_of_key(key)
+                if model not in answers:
+                    answers[model] = self._runner.can_start(model, in_flight)
+                return answers[model]
+            except Exception:  # a broken runner must not stop dispatching for good
+                logger.exception("runner can_start failed")
+                return False
+
+        return ready
 
     async def _wait_for_work(self, *, starved: bool) -> None:
         """Wait for a submit or a finished batch; poll while jobs wait for capacity that may come back
