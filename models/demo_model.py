@@ -2,7 +2,8 @@
 
 * ``AutoencoderKL`` with three blocks: a factor-4 VAE, so a 64 px picture is a 16 x 16 x 4 latent
   (``vae_scale_factor`` = 4; StableDiffusionPipeline reads it from the config).
-* ``UNet2DConditionModel`` over that latent, cross-attention at 8 x 8 and 4 x 4 and in the middle.
+* ``UNet2DConditionModel`` over that latent, down to 2 x 2, cross-attention at 8 x 8, 4 x 4 and in the
+  middle (2 x 2).
 * ``CLIPTextModel`` (4 layers, width 64) trained from scratch with the UNet, fed by the real CLIP
   tokenizer of :mod:`models.tokenizer` (its 49408-token embedding is most of the file: fp16 keeps
   the whole model under the issue's 25 MB).
@@ -56,10 +57,12 @@ def build_unet() -> UNet2DConditionModel:
         sample_size=LATENT_SIDE,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(64, 128, 128),
+        block_out_channels=(48, 96, 128, 128),
         layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        # Four levels, 16 -> 8 -> 4 -> 2: at 2 x 2 (the middle block, with cross-attention) each cell is a
+        # quadrant, told apart by the zero padding, so the words for places have somewhere to land.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=4,  # diffusers' name for the number of heads
         norm_num_groups=16,

@@ -6,16 +6,19 @@ seeded by (seed, phase, step), so a resumed run sees exactly the batches an unin
 1. **VAE** (short): the factor-4 autoencoder learns to reconstruct freshly rendered scenes.
 2. **UNet + text encoder**: a fixed pool of scenes is encoded once (cached in ``DIR/pool.pt``);
    each step takes a batch of latents (sampled from the VAE posterior), drops 10 % of the captions
-   (so classifier-free guidance works), and regresses v with min-SNR weighting. An EMA of the
-   weights is what gets exported.
+   (so classifier-free guidance works), and regresses v (plain v loss: high-noise steps, where the
+   layout is decided, keep their weight; ``min_snr`` would down-weight them). A linear probe on the
+   text encoder's states must also read each one-object caption's colour, shape and position
+   (``Trainer.attribute_loss``), so the encoder keeps every word a picture depends on. An EMA of
+   the weights is what gets exported.
 
 A checkpoint (weights, optimisers, EMA, step, RNG state) is written atomically to
 ``DIR/checkpoint.pt`` every ``--checkpoint-minutes`` and at the end of each phase; ``--resume``
 continues from it. ``--init-from MODEL_DIR`` starts instead from an exported model (the committed
-``models/demo``, say): its VAE is kept as is (phase 1 is skipped) and its UNet and text encoder are
-trained for ``--unet-steps`` more steps with fresh optimisers, so training can go on across machines
-that do not share the checkpoint. At the end (or with ``--export-only``) the pipeline is saved, fp16 safetensors,
-to ``--export`` (default ``models/demo``).
+``models/demo``, say): its VAE is kept as is (phase 1 is skipped) and its UNet (when its architecture
+is this module's) and text encoder are trained for ``--unet-steps`` more steps with fresh optimisers,
+so training can go on across machines that do not share the checkpoint. At the end (or with
+``--export-only``) the pipeline is saved, fp16 safetensors, to ``--export`` (default ``models/demo``).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.demo_data import render, scenes
-from models.demo_model import build_pipeline, build_untrained, training_scheduler
+from models.demo_data import COLOURS, POSITIONS, SHAPES, Scene, render, scenes
+from models.demo_model import TEXT_WIDTH, build_pipeline, build_untrained, training_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +65,31 @@ class TrainConfig:
     pool: int = 30000
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
-    min_snr: float = 5.0
+    min_snr: float | None = None  # None: plain v loss (SNR + 1 weighting); a number: min-SNR-gamma
+    attribute_weight: float = 0.1  # the text encoder's attribute probe (see ``attribute_loss``); 0: none
     scale_samples: int = 256  # scenes the latent scaling factor is measured on
     init_from: str | None = None  # an exported model directory to start from (see the module docstring)
 
 
 def _generator(config: TrainConfig, phase: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(random.Random(f"{config.seed}-{phase}-{step}").getrandbits(63))
+
+
+def _architecture(config: Any) -> dict[str, Any]:
+    """A model config as JSON (tuples and lists alike) without diffusers' bookkeeping keys (``_name_or_path``...)."""
+    plain: dict[str, Any] = json.loads(json.dumps(dict(config), default=str))
+    return {key: value for key, value in plain.items() if not key.startswith("_")}
+
+
+ATTRIBUTES: tuple[tuple[str, ...], ...] = (tuple(COLOURS), SHAPES, tuple(POSITIONS))
+
+
+def attribute_labels(scene: Scene) -> list[int]:
+    """(colour, shape, position) indices of a one-object scene's object; -1 (no label) for the others."""
+    if len(scene.objects) != 1:
+        return [-1] * len(ATTRIBUTES)
+    obj = scene.objects[0]
+    return [names.index(value) for names, value in zip(ATTRIBUTES, (obj.colour, obj.shape, obj.position), strict=True)]
 
 
 def to_tensor(images: Sequence[Any]) -> torch.Tensor:
@@ -84,7 +105,10 @@ class Trainer:
         self.config, self.out = config, out
         self.vae, self.unet, self.text_encoder, self.tokenizer = build_untrained(config.seed)
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-        params = [*self.unet.parameters(), *self.text_encoder.parameters()]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 3)
+            self.probe = torch.nn.Linear(TEXT_WIDTH, sum(len(names) for names in ATTRIBUTES))
+        params = [*self.unet.parameters(), *self.text_encoder.parameters(), *self.probe.parameters()]
         # No weight decay: it would shrink the rows of the 49408-token embedding our captions never use.
         self.opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         self.ema_unet, self.ema_text = copy.deepcopy(self.unet), copy.deepcopy(self.text_encoder)
@@ -105,8 +129,12 @@ class Trainer:
         vae = AutoencoderKL.from_pretrained(directory / "vae", local_files_only=True)
         unet = UNet2DConditionModel.from_pretrained(directory / "unet", local_files_only=True)
         text = CLIPTextModel.from_pretrained(directory / "text_encoder", local_files_only=True)
-        for target, source in ((self.vae, vae), (self.unet, unet), (self.text_encoder, text),
-                               (self.ema_unet, unet), (self.ema_text, text)):  # fmt: skip
+        pairs = [(self.vae, vae), (self.text_encoder, text), (self.ema_text, text)]
+        if _architecture(unet.config) == _architecture(self.unet.config):
+            pairs += [(self.unet, unet), (self.ema_unet, unet)]
+        else:
+            logger.info("%s/unet has another architecture: the UNet starts fresh", directory)
+        for target, source in pairs:
             target.load_state_dict({k: v.float() for k, v in source.state_dict().items()})
         self.vae.register_to_config(  # type: ignore[no-untyped-call]
             scaling_factor=float(vae.config["scaling_factor"])
@@ -136,6 +164,7 @@ class Trainer:
             "text_encoder": self.text_encoder.state_dict(),
             "ema_unet": self.ema_unet.state_dict(),
             "ema_text": self.ema_text.state_dict(),
+            "probe": self.probe.state_dict(),
             "vae_opt": self.vae_opt.state_dict(),
             "opt": self.opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -156,7 +185,7 @@ class Trainer:
         self.vae.register_to_config(  # type: ignore[no-untyped-call]
             scaling_factor=state["scaling_factor"]
         )
-        for name in ("vae", "unet", "text_encoder", "ema_unet", "ema_text", "vae_opt", "opt"):
+        for name in ("vae", "unet", "text_encoder", "ema_unet", "ema_text", "probe", "vae_opt", "opt"):
             getattr(self, name).load_state_dict(state[name])
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed at vae step %d, unet step %d", self.vae_step, self.unet_step)
@@ -216,8 +245,12 @@ class Trainer:
         if path.is_file():
             cached: dict[str, Any] = torch.load(path, weights_only=False)
             if cached.get("key") == key:
+                if "labels" not in cached:  # a pool from before the attribute probe: labels need no VAE
+                    pool = scenes(self.config.seed, self.config.pool)
+                    cached["labels"] = torch.tensor([attribute_labels(s) for s in pool], dtype=torch.int8)
+                    torch.save(cached, path)
                 return cached
-        means, stds, ids = [], [], []
+        means, stds, ids, labels = [], [], [], []
         pool = scenes(self.config.seed, self.config.pool)
         for start in tqdm(range(0, self.config.pool, 256), desc="encode pool", mininterval=5):
             chunk = [next(pool) for _ in range(min(256, self.config.pool - start))]
@@ -225,7 +258,9 @@ class Trainer:
             means.append(posterior.mean.half())
             stds.append(posterior.std.half())
             ids.append(self._tokenize([s.caption for s in chunk]))
-        data: dict[str, Any] = {"key": key, "mean": torch.cat(means), "std": torch.cat(stds), "ids": torch.cat(ids)}
+            labels.append(torch.tensor([attribute_labels(s) for s in chunk], dtype=torch.int8))
+        data: dict[str, Any] = {"key": key, "mean": torch.cat(means), "std": torch.cat(stds), "ids": torch.cat(ids),
+                                "labels": torch.cat(labels)}  # fmt: skip
         self.out.mkdir(parents=True, exist_ok=True)
         torch.save(data, path)
         return data
@@ -254,12 +289,35 @@ class Trainer:
         timesteps = torch.randint(self.scheduler.config["num_train_timesteps"], (config.batch,), generator=generator)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)  # type: ignore[arg-type]
         target = self.scheduler.get_velocity(latents, noise, timesteps)  # type: ignore[arg-type]
-        prediction = self.unet(noisy, timesteps, self.text_encoder(ids)[0]).sample
-        alpha_bar = self.scheduler.alphas_cumprod[timesteps]
-        snr = alpha_bar / (1 - alpha_bar)
-        weight = snr.clamp(max=config.min_snr) / (snr + 1)  # min-SNR-gamma for v-prediction
+        states = self.text_encoder(ids)[0]
+        prediction = self.unet(noisy, timesteps, states).sample
         per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
-        return (per_sample * weight).mean()
+        if config.min_snr is not None:
+            alpha_bar = self.scheduler.alphas_cumprod[timesteps]
+            snr = alpha_bar / (1 - alpha_bar)
+            per_sample = per_sample * snr.clamp(max=config.min_snr) / (snr + 1)  # min-SNR-gamma for v-prediction
+        labels = pool["labels"][index].long()
+        labels[drop] = -1
+        return per_sample.mean() + config.attribute_weight * self.attribute_loss(states, labels)
+
+    def attribute_loss(self, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of a linear probe reading colour, shape and position off the caption's states.
+
+        Without it the text encoder drifted to encode colour alone: colour moves the most pixels, so
+        it gets the gradient first, and the final layer norm leaves the other words little room
+        (shipped model: "red" vs "blue" 13 apart in the states, "top left" vs "bottom right" 1.5,
+        "circle" vs "square" 1.4, of a norm of 8). Then the UNet never learned places. The probe reads
+        the mean over all 77 states, padding included (what the UNet's cross-attention mostly sees);
+        it is not exported. Only one-object captions carry labels.
+        """
+        logits = self.probe(states.mean(dim=1))
+        losses, start = [], 0
+        for column, names in enumerate(ATTRIBUTES):
+            target = labels[:, column]
+            if bool((target >= 0).any()):
+                losses.append(F.cross_entropy(logits[:, start : start + len(names)], target, ignore_index=-1))
+            start += len(names)
+        return torch.stack(losses).sum() if losses else logits.sum() * 0
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -280,7 +338,9 @@ class Trainer:
             loss = self.unet_loss(pool, _generator(config, "unet", self.unet_step))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_([*self.unet.parameters(), *self.text_encoder.parameters()], 1.0)
+            torch.nn.utils.clip_grad_norm_(
+                [*self.unet.parameters(), *self.text_encoder.parameters(), *self.probe.parameters()], 1.0
+            )
             self.opt.step()
             self.unet_step += 1
             self._update_ema()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 from models import catalog
+from models.demo_data import COLOURS, POSITIONS, SHAPES, scenes, single_object_scene
 from models.diffusers_backend import DiffusersGenerator
 from models.errors import ModelLoadError
-from models.train_demo import TrainConfig, Trainer
+from models.train_demo import TrainConfig, Trainer, attribute_labels
 from models.types import GenerationRequest
 
 _TINY = TrainConfig(vae_steps=2, vae_batch=2, unet_steps=2, batch=2, pool=4, warmup=1, scale_samples=4)
@@ -106,13 +111,26 @@ def test_the_exported_tokenizer_is_compact_and_tokenizes_like_the_bundled_one(tr
     assert exported(captions).input_ids == load_clip_tokenizer()(captions).input_ids
 
 
+def _with_unet(model: Path, directory: Path, unet: UNet2DConditionModel) -> Path:
+    """A copy of an exported model with another UNet in it."""
+    shutil.copytree(model, directory)
+    shutil.rmtree(directory / "unet")
+    unet.save_pretrained(directory / "unet")
+    return directory
+
+
 def test_training_can_start_from_an_exported_model(trained: tuple[Trainer, Path], tmp_path: Path) -> None:
     trainer, model = trained
+    shifted = copy.deepcopy(trainer.ema_unet)  # unlike a fresh UNet, so that taking it shows
+    with torch.no_grad():
+        for parameter in shifted.parameters():
+            parameter.add_(0.5)
+    start = _with_unet(model, tmp_path / "start", shifted)
     config = TrainConfig(vae_steps=2, vae_batch=2, unet_steps=1, batch=2, pool=4, warmup=1, scale_samples=4,
-                         init_from=str(model))  # fmt: skip
+                         init_from=str(start))  # fmt: skip
     follow = Trainer(config, tmp_path / "more")
     assert follow.vae_step == 2 and follow.scaling_factor == trainer.scaling_factor
-    for name, tensor in trainer.ema_unet.state_dict().items():  # the exported EMA, back from fp16
+    for name, tensor in shifted.state_dict().items():
         assert torch.allclose(follow.unet.state_dict()[name], tensor, atol=1e-2, rtol=1e-2), name
     vae_before = {k: v.clone() for k, v in follow.vae.state_dict().items()}
     follow.train_vae(every_s=float("inf"))
@@ -123,3 +141,63 @@ def test_training_can_start_from_an_exported_model(trained: tuple[Trainer, Path]
     again.load()  # the checkpoint remembers where the run started
     assert again.unet_step == 1
     assert DiffusionPipeline.from_pretrained(follow.export(tmp_path / "next"), local_files_only=True) is not None
+
+
+def test_a_unet_of_another_architecture_is_not_taken_but_the_rest_is(
+    trained: tuple[Trainer, Path], tmp_path: Path
+) -> None:
+    trainer, model = trained
+    narrow = UNet2DConditionModel(**{**trainer.unet.config, "block_out_channels": (32, 64, 64, 64)})
+    config = TrainConfig(vae_steps=2, vae_batch=2, unet_steps=1, batch=2, pool=4, warmup=1, scale_samples=4,
+                         init_from=str(_with_unet(model, tmp_path / "older", narrow)))  # fmt: skip
+    follow = Trainer(config, tmp_path / "more")
+    fresh = Trainer(replace(config, init_from=None), tmp_path / "fresh")
+    for name, tensor in fresh.unet.state_dict().items():  # the seed's fresh UNet, not the narrow one
+        assert torch.equal(follow.unet.state_dict()[name], tensor), name
+    for name, tensor in trainer.ema_text.state_dict().items():  # the exported text encoder, back from fp16
+        assert torch.allclose(follow.text_encoder.state_dict()[name], tensor, atol=1e-2, rtol=1e-2), name
+    assert follow.vae_step == 2 and follow.scaling_factor == trainer.scaling_factor
+
+
+def test_plain_v_loss_keeps_the_weight_min_snr_takes_away(trained: tuple[Trainer, Path]) -> None:
+    trainer, _ = trained
+    pool = trainer.pool()
+    trainer.config = replace(trainer.config, attribute_weight=0.0)
+    try:
+        plain = trainer.unet_loss(pool, torch.Generator().manual_seed(3)).item()
+        trainer.config = replace(trainer.config, min_snr=5.0)
+        weighted = trainer.unet_loss(pool, torch.Generator().manual_seed(3)).item()
+    finally:
+        trainer.config = _TINY
+    assert 0 < weighted < plain  # min(SNR, 5) / (SNR + 1) < 1 for every timestep
+
+
+def test_the_attribute_probe_reads_one_object_captions_only() -> None:
+    scene = single_object_scene("blue", "star", "top right", "white")
+    assert attribute_labels(scene) == [
+        list(COLOURS).index("blue"),
+        SHAPES.index("star"),
+        list(POSITIONS).index("top right"),
+    ]
+    pair = next(s for s in scenes(0, 50) if len(s.objects) == 2)
+    assert attribute_labels(pair) == [-1, -1, -1]
+
+
+def test_the_attribute_loss_falls_when_the_probe_can_read_the_states(trained: tuple[Trainer, Path]) -> None:
+    trainer, _ = trained
+    states = torch.zeros(3, 77, 64)
+    labels = torch.tensor([[0, 1, 2], [3, 4, 5], [-1, -1, -1]])
+    for row, (colour, shape, position) in enumerate(labels[:2].tolist()):  # one-hot attributes in the states
+        states[row, :, colour] = states[row, :, 10 + shape] = states[row, :, 16 + position] = 30.0
+    probe = copy.deepcopy(trainer.probe)
+    trainer.probe = torch.nn.Linear(64, 25)
+    with torch.no_grad():
+        trainer.probe.weight.copy_(torch.eye(25, 64))
+        trainer.probe.bias.zero_()
+    try:
+        readable = trainer.attribute_loss(states, labels).item()
+        unreadable = trainer.attribute_loss(torch.zeros(3, 77, 64), labels).item()
+        assert trainer.attribute_loss(states, torch.full((3, 3), -1)).item() == 0  # no labels, no loss
+    finally:
+        trainer.probe = probe
+    assert readable < 1e-3 < unreadable  # three chance-level cross-entropies otherwise
