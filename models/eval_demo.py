@@ -227,6 +227,22 @@ def evaluate(draw: Callable[[list[Scene]], list[Image.Image]], targets: list[Sce
     return score(pairs)
 
 
+PLACES = ("top left", "bottom right", "left", "right", "top", "bottom")
+
+
+def placements(draw: Callable[[list[Scene]], list[Image.Image]], seeds: int = 8) -> dict[str, list[str | None]]:
+    """Where "a large red circle <place> on a white background" lands, for each place and seed.
+
+    The same caption is drawn ``seeds`` times in one batch (seeds ``--seed`` .. ``--seed + seeds - 1``),
+    so a row that repeats another row word for word means the words for the place have no effect.
+    """
+    readings: dict[str, list[str | None]] = {}
+    for place in PLACES:
+        scenes = [single_object_scene("red", "circle", place, "white")] * seeds
+        readings[place] = [read(image).position for image in draw(scenes)]
+    return readings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.eval_demo", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="models/demo", help="diffusers directory (default %(default)s)")
@@ -237,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save", type=Path, help="write the images (and a contact sheet) here")
     parser.add_argument("--examples", type=Path, help="only draw the README's example prompts into this PNG")
+    parser.add_argument("--places", action="store_true", help="only show where one circle lands for six places")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
@@ -247,6 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     targets = eval_scenes(args.count)
     draw = generate_with(args.model, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    if args.places:
+        found = placements(draw)
+        for place, readings in found.items():
+            print(f"{place:>13}: " + ", ".join(str(r) for r in readings))
+        right = sum(r == place for place, readings in found.items() for r in readings)
+        print(f"{right} of {sum(len(r) for r in found.values())} where the caption says")
+        return 0
     started = time.monotonic()
     images: list[Image.Image] = []
 

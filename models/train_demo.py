@@ -58,7 +58,7 @@ class TrainConfig:
     vae_steps: int = 2000
     vae_batch: int = 16
     vae_lr: float = 5e-4
-    unet_steps: int = 6500
+    unet_steps: int = 10000
     batch: int = 32
     lr: float = 3e-4
     warmup: int = 200

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from models.demo_data import held_out_triples, render
-from models.eval_demo import Reading, Score, eval_scenes, read, score
+from models.demo_data import Scene, held_out_triples, render, single_object_scene
+from models.eval_demo import PLACES, Reading, Score, eval_scenes, placements, read, score
 
 
 def test_eval_prompts_are_the_held_out_combinations() -> None:
@@ -39,3 +39,14 @@ def test_a_blank_image_reads_as_nothing_and_scores_zero() -> None:
     result = score([(eval_scenes(1)[0], blank)])
     assert result == Score(0, 0, 0, 1) and not result.meets_targets()
     assert "MISSED" in result.table()
+
+
+def test_placements_read_where_each_drawing_puts_the_object() -> None:
+    def ground_truth(batch: list[Scene]) -> list[Image.Image]:
+        return [render(scene) for scene in batch]
+
+    def always_centre(batch: list[Scene]) -> list[Image.Image]:  # a model deaf to the words for places
+        return [render(single_object_scene("red", "circle", "centre", "white")) for _ in batch]
+
+    assert placements(ground_truth, seeds=2) == {place: [place, place] for place in PLACES}
+    assert all(readings == ["centre", "centre"] for readings in placements(always_centre, seeds=2).values())

@@ -65,9 +65,9 @@ def test_held_out_prompts_follow_the_prompt(demo: DiffusersGenerator) -> None:
     shapes = sum(r.shape == w.shape for r, w in zip(readings, wanted, strict=True))
     summary = [(s.caption, r) for s, r in zip(scenes, readings, strict=True)]
     print(f"colour {colours}/16, position {positions}/16, shape {shapes}/16")
-    # Colour meets its target (90 %, with a tolerance here). Shape (31 % over the evaluation) and position
-    # (at chance) do not yet: docs/DEMO_MODEL.md. These floors catch a model that lost what it has.
-    assert colours >= 12 and shapes >= 3, summary  # measured: 13 and 4 of 16
+    # Targets over the evaluation: colour 90 %, position 80 %, shape 70 % (measured 100 / 100 / 72 %,
+    # docs/DEMO_MODEL.md). Here, on 16 prompts, a tolerance below them keeps the test stable.
+    assert colours >= 13 and positions >= 12 and shapes >= 9, summary  # measured: 15, 16 and 11 of 16
 
 
 def test_seeds_reproduce_and_differ(demo: DiffusersGenerator) -> None:
