@@ -262,7 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.examples is not None:
         examples_sheet(args.model, args.steps, args.guidance, args.seed).save(args.examples)
         return 0
-    targets = eval_scenes(args.count)
     draw = generate_with(args.model, steps=args.steps, guidance=args.guidance, seed=args.seed)
     if args.places:
         found = placements(draw)
@@ -271,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         right = sum(r == place for place, readings in found.items() for r in readings)
         print(f"{right} of {sum(len(r) for r in found.values())} where the caption says")
         return 0
+    targets = eval_scenes(args.count)
     started = time.monotonic()
     images: list[Image.Image] = []
 

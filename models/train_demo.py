@@ -108,9 +108,9 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 3)
             self.probe = torch.nn.Linear(TEXT_WIDTH, sum(len(names) for names in ATTRIBUTES))
-        params = [*self.unet.parameters(), *self.text_encoder.parameters(), *self.probe.parameters()]
+        self.trained = [*self.unet.parameters(), *self.text_encoder.parameters(), *self.probe.parameters()]
         # No weight decay: it would shrink the rows of the 49408-token embedding our captions never use.
-        self.opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.trained, lr=config.lr, weight_decay=0.0)
         self.ema_unet, self.ema_text = copy.deepcopy(self.unet), copy.deepcopy(self.text_encoder)
         for ema in (self.ema_unet, self.ema_text):
             ema.requires_grad_(False)
@@ -338,9 +338,7 @@ class Trainer:
             loss = self.unet_loss(pool, _generator(config, "unet", self.unet_step))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(
-                [*self.unet.parameters(), *self.text_encoder.parameters(), *self.probe.parameters()], 1.0
-            )
+            torch.nn.utils.clip_grad_norm_(self.trained, 1.0)
             self.opt.step()
             self.unet_step += 1
             self._update_ema()
