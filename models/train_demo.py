@@ -31,7 +31,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,11 @@ def attribute_labels(scene: Scene) -> list[int]:
         return [-1] * len(ATTRIBUTES)
     obj = scene.objects[0]
     return [names.index(value) for names, value in zip(ATTRIBUTES, (obj.colour, obj.shape, obj.position), strict=True)]
+
+
+def label_rows(batch: Iterable[Scene]) -> torch.Tensor:
+    """:func:`attribute_labels` of each scene, as the pool stores them (int8, one row per scene)."""
+    return torch.tensor([attribute_labels(scene) for scene in batch], dtype=torch.int8)
 
 
 def to_tensor(images: Sequence[Any]) -> torch.Tensor:
@@ -246,8 +251,7 @@ class Trainer:
             cached: dict[str, Any] = torch.load(path, weights_only=False)
             if cached.get("key") == key:
                 if "labels" not in cached:  # a pool from before the attribute probe: labels need no VAE
-                    pool = scenes(self.config.seed, self.config.pool)
-                    cached["labels"] = torch.tensor([attribute_labels(s) for s in pool], dtype=torch.int8)
+                    cached["labels"] = label_rows(scenes(self.config.seed, self.config.pool))
                     torch.save(cached, path)
                 return cached
         means, stds, ids, labels = [], [], [], []
@@ -258,7 +262,7 @@ class Trainer:
             means.append(posterior.mean.half())
             stds.append(posterior.std.half())
             ids.append(self._tokenize([s.caption for s in chunk]))
-            labels.append(torch.tensor([attribute_labels(s) for s in chunk], dtype=torch.int8))
+            labels.append(label_rows(chunk))
         data: dict[str, Any] = {"key": key, "mean": torch.cat(means), "std": torch.cat(stds), "ids": torch.cat(ids),
                                 "labels": torch.cat(labels)}  # fmt: skip
         self.out.mkdir(parents=True, exist_ok=True)

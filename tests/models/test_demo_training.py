@@ -161,14 +161,14 @@ def test_a_unet_of_another_architecture_is_not_taken_but_the_rest_is(
 
 def test_plain_v_loss_keeps_the_weight_min_snr_takes_away(trained: tuple[Trainer, Path]) -> None:
     trainer, _ = trained
-    pool = trainer.pool()
-    trainer.config = replace(trainer.config, attribute_weight=0.0)
+    pool, original = trainer.pool(), trainer.config
+    trainer.config = replace(original, attribute_weight=0.0)
     try:
         plain = trainer.unet_loss(pool, torch.Generator().manual_seed(3)).item()
         trainer.config = replace(trainer.config, min_snr=5.0)
         weighted = trainer.unet_loss(pool, torch.Generator().manual_seed(3)).item()
     finally:
-        trainer.config = _TINY
+        trainer.config = original
     assert 0 < weighted < plain  # min(SNR, 5) / (SNR + 1) < 1 for every timestep
 
 
@@ -201,3 +201,20 @@ def test_the_attribute_loss_falls_when_the_probe_can_read_the_states(trained: tu
     finally:
         trainer.probe = probe
     assert readable < 1e-3 < unreadable  # three chance-level cross-entropies otherwise
+
+
+def test_a_pool_cached_before_the_probe_gets_its_labels_without_being_encoded_again(
+    trained: tuple[Trainer, Path],
+) -> None:
+    trainer, _ = trained
+    pool, path = trainer.pool(), trainer.out / "pool.pt"
+    older = {key: value for key, value in pool.items() if key != "labels"}
+    older["mean"] = older["mean"] + 1  # a mark that encoding the pool again would wipe out
+    torch.save(older, path)
+    try:
+        upgraded = trainer.pool()
+        saved = torch.load(path, weights_only=False)
+    finally:
+        torch.save(pool, path)
+    assert torch.equal(upgraded["mean"], older["mean"]) and torch.equal(saved["mean"], older["mean"])
+    assert torch.equal(upgraded["labels"], pool["labels"]) and torch.equal(saved["labels"], pool["labels"])
